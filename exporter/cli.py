@@ -1,0 +1,264 @@
+"""Command line: `serve` (the default), `check` (probe once and exit) and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from exporter import __version__
+from exporter.errors import ConfigError
+from exporter.inventory.model import Inventory
+from exporter.inventory.static import load_inventory
+from exporter.plan.planner import Path, Vantage, plan
+
+DEFAULT_PORT = 10135
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+#: checks this build can run; the planner leaves out catalogue rows whose check is not here
+AVAILABLE_CHECKS = frozenset({"tcp"})
+
+log = logging.getLogger("exporter")
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`:10135`, `127.0.0.1:10135`, `[::1]:10135` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--web.listen-address {value!r} is not host:port", fix="e.g. :10135 or [::1]:10135")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return number
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory", metavar="FILE", help="static inventory YAML (default: the demo)")
+    parser.add_argument(
+        "--source", default=None, help="this agent's identity, an inventory member's FQDN or name "
+        "(default: this host's FQDN; a name outside the inventory makes an observer)",
+    )
+    parser.add_argument(
+        "--vantage", choices=[v.value for v in Vantage], default=None,
+        help="override where this agent stands (default: from --source's inventory entry)",
+    )
+    parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds per attempt (default 2)")
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="silent attempts before a path reads filtered (default 3)"
+    )
+    parser.add_argument("--max-concurrency", type=int, default=None, help="probes in flight (default: from fd limit)")
+    parser.add_argument(
+        "--enable-service", action="append", default=[], metavar="SERVICE",
+        help="probe an optional client service too (pop3, pop3s, imap, imaps, um-callrouter-sip...)",
+    )
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exchange-firewall-exporter",
+        description="Probe every network path an Exchange organisation needs and export the results "
+        "to Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="probe continuously and serve /metrics (the default command)")
+    _common(serve)
+    serve.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+                       help=f"address to serve on (default {DEFAULT_LISTEN})")
+    serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
+    demo = sub.add_parser("demo", help="serve the built-in demo organisation with real loopback listeners")
+    _common(demo)
+    demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
+    demo.add_argument("--interval", type=_positive, default=15.0)
+    check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
+    _common(check)
+    check.add_argument("--output", choices=["table", "json", "csv"], default="table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "check":
+            return run_check(args)
+        return run_serve(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _inventory_and_plan(args: argparse.Namespace, demo: bool) -> tuple[Inventory, str, list[Path]]:
+    from exporter import demo as demo_org
+
+    if demo or not args.inventory:
+        inventory = demo_org.demo_inventory()
+        source = args.source or demo_org.DEMO_SOURCE
+    else:
+        inventory = load_inventory(args.inventory)
+        source = args.source or socket.getfqdn()
+    if args.attempts < 1:
+        raise ConfigError("--attempts must be at least 1", fix="use 3, as PortQry does")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ConfigError("--max-concurrency must be at least 1", fix="leave it unset to derive it")
+    vantage = Vantage(args.vantage) if args.vantage else None
+    paths = plan(
+        inventory, source, vantage=vantage, checks=AVAILABLE_CHECKS,
+        optional_services=frozenset(args.enable_service),
+    )
+    return inventory, source, paths
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from exporter import demo as demo_org
+    from exporter.outputs.app import create_app
+    from exporter.prober import Prober, ProbeSettings
+
+    is_demo = args.command == "demo" or not args.inventory
+    inventory, source, paths = _inventory_and_plan(args, is_demo)
+    host, port = parse_listen_address(args.listen)
+    listeners = None
+    if is_demo:
+        listeners = demo_org.DemoListeners(paths)
+        listeners.start()
+        log.info("demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",
+                 len(listeners.endpoints), *demo_org.CLOSED)
+    settings = ProbeSettings(args.interval, args.timeout, args.attempts, args.max_concurrency)
+    prober = Prober(inventory, paths, settings, source=source)
+    log.info("source %s: %d paths to %d members, every %gs, up to %d in flight",
+             source, len(paths), sum(1 for _ in inventory.members()), args.interval, prober.engine.limit)
+    prober.start()
+    app = create_app(prober)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    log.info("listening on %s:%d", host, port)
+    try:
+        server.run()
+    finally:
+        prober.stop()
+        if listeners is not None:
+            listeners.stop()
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from exporter import demo as demo_org
+    from exporter.engine.scheduler import Engine
+    from exporter.outputs.api import path_view
+    from exporter.outputs.pathtable import PathTable
+    from exporter.prober import new_loop, targets_of
+
+    is_demo = not args.inventory
+    inventory, source, paths = _inventory_and_plan(args, is_demo)
+    listeners = None
+    if is_demo:
+        listeners = demo_org.DemoListeners(paths)
+        listeners.start()
+    table = PathTable(paths)
+    engine = Engine(
+        targets_of(paths), table, timeout=args.timeout, attempts=args.attempts,
+        max_concurrency=args.max_concurrency, once=True, tick=0.02, seed=source,
+    )
+    loop = new_loop()
+    try:
+        if args.output == "table" and sys.stderr.isatty():
+            _run_with_progress(loop, engine, len(paths))
+        else:
+            loop.run_until_complete(engine.run())
+    finally:
+        loop.close()
+        if listeners is not None:
+            listeners.stop()
+    rows = [path_view(path, result) for path, result in table.items()]
+    if args.output == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["source"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_table(rows, source, inventory.organisation)
+    failing = [r for r in rows if r["required"] and r["state"] != "open"]
+    return 1 if failing else 0
+
+
+def _run_with_progress(loop: asyncio.AbstractEventLoop, engine: Any, total: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("paths", total=total)
+
+        async def watch() -> None:
+            runner = asyncio.ensure_future(engine.run())
+            while not runner.done():
+                progress.update(task, completed=engine.stats.completed_paths)
+                await asyncio.sleep(0.1)
+            await runner
+
+        loop.run_until_complete(watch())
+
+
+_STYLE = {"open": "green", "refused": "red", "filtered": "red", "unreachable": "red",
+          "dns_error": "yellow", "local_error": "yellow"}
+
+
+def _print_table(rows: list[dict[str, Any]], source: str, organisation: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_target.setdefault(row["target"], []).append(row)
+    for target, group in by_target.items():
+        first = group[0]
+        bad = sum(1 for r in group if r["state"] != "open")
+        table = Table(
+            title=f"{target} ({first['target_role']}, site {first['target_site']}): "
+            f"{len(group) - bad}/{len(group)} open",
+            title_justify="left",
+        )
+        for column in ("port", "proto", "service", "kind", "required", "state", "evidence", "rtt ms"):
+            table.add_column(column)
+        for r in group:
+            style = _STYLE.get(r["state"] or "", "")
+            rtt = f"{r['rtt_seconds'] * 1000:.1f}" if r["rtt_seconds"] is not None else ""
+            table.add_row(
+                str(r["port"]), r["proto"], r["service"], r["kind"], "yes" if r["required"] else "no",
+                f"[{style}]{r['state']}[/{style}]" if style else str(r["state"]), r["evidence"], rtt,
+            )
+        console.print(table)
+    failing = [r for r in rows if r["required"] and r["state"] != "open"]
+    verdict = "all required paths open" if not failing else f"{len(failing)} required path(s) NOT open"
+    console.print(f"[bold]{organisation}[/bold] from {source}: {len(rows)} paths, {verdict}")
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

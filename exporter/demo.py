@@ -1,0 +1,96 @@
+"""The built-in demo organisation: real listeners on 127.0.0.0/8 standing in for two AD sites.
+
+Four Exchange servers (2016, 2019, 2019, SE) and two domain controllers, each on its own loopback address,
+listening on every TCP port the plan probes, except one required port left closed on purpose (SE's
+Transport port 2525), so a newcomer sees one failing path within seconds of `make run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import threading
+from collections.abc import Iterable
+
+from exporter.inventory.model import DomainController, Inventory, Role, Server, Version
+from exporter.plan.planner import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_SOURCE = "monitor.demo.example"
+#: the one required port the demo leaves closed, as (address, port)
+CLOSED = ("127.0.10.14", 2525)
+
+
+def demo_inventory() -> Inventory:
+    mbx = frozenset({Role.MAILBOX})
+    return Inventory(
+        organisation="Demo Organisation",
+        servers=(
+            Server("EX16A", "ex16a.demo.example", mbx, Version.parse("15.1.2507.6"), "Site-A",
+                   address="127.0.10.11", dag="DAG-A"),
+            Server("EX19A", "ex19a.demo.example", mbx, Version.parse("15.2.1544.4"), "Site-A",
+                   address="127.0.10.12", dag="DAG-A"),
+            Server("EX19B", "ex19b.demo.example", mbx, Version.parse("2019"), "Site-B",
+                   address="127.0.10.13"),
+            Server("EXSE", "exse.demo.example", mbx, Version.parse("15.2.2562.17"), "Site-B",
+                   address="127.0.10.14"),
+        ),
+        domain_controllers=(
+            DomainController("DC1", "dc1.demo.example", "Site-A", global_catalog=True, address="127.0.10.21"),
+            DomainController("DC2", "dc2.demo.example", "Site-B", global_catalog=True, address="127.0.10.22"),
+        ),
+        source="demo",
+    )
+
+
+class DemoListeners:
+    """TCP listeners for the demo's planned paths, on a thread of their own."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.endpoints = sorted(
+            {(p.address or p.target, p.port) for p in paths if p.proto == "tcp"} - {CLOSED}
+        )
+        self.failed: list[tuple[str, int, str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.Server] = []
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self._open())
+            ready.set()
+            loop.run_forever()
+            for server in self._servers:
+                server.close()
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="demo-listeners", daemon=True)
+        self._thread.start()
+        ready.wait(10.0)
+        for host, port, why in self.failed:
+            log.warning("demo: cannot listen on %s:%d (%s); that path will not read open", host, port, why)
+
+    async def _open(self) -> None:
+        async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        for host, port in self.endpoints:
+            try:
+                self._servers.append(await asyncio.start_server(accept, host, port, reuse_address=True))
+            except OSError as exc:
+                hint = "ports below 1024 need root" if exc.errno == errno.EACCES else (exc.strerror or "")
+                self.failed.append((host, port, hint))
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5.0)

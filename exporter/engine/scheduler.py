@@ -1,0 +1,360 @@
+"""The probe scheduler: every path once per interval, spread evenly, bounded concurrency, no bursts.
+
+Design, for throughput in Python:
+- One coalesced tick (default 50 ms) launches every probe that has come due, instead of a timer per
+  probe; each path has a fixed phase in the interval (an even spread plus jitter).
+- TCP connects run as a callback state machine on non-blocking sockets (no coroutine per probe); all
+  attempts share one timeout, so in-flight attempts sit in a deque in deadline order and the tick
+  expires them from the front.
+- Other checks (protocol probes) are coroutines from `checks`, each with its own deadline.
+- Concurrency is capped below the fd limit; when the cap is reached, probes wait and the lag shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import resource
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exporter.engine.resolver import Resolved, ResolveFailure, Resolver
+from exporter.probes import tcp
+from exporter.probes.outcome import IN_PROGRESS, Outcome, State, errno_name
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 64  # fds kept free for the HTTP server, logs, the state file
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the engine needs of a Path: where to connect and which check proves it."""
+
+    host: str  # address or name
+    port: int
+    check: str = "tcp"
+
+
+#: a protocol check: (resolved address, target, per-attempt timeout, attempts) -> Outcome
+Check = Callable[[Resolved, Target, float, int], Awaitable[Outcome]]
+
+
+class Sink(Protocol):
+    def record(self, index: int, outcome: Outcome, wall: float) -> None: ...
+
+
+def default_concurrency() -> int:
+    """How many probes may be in flight: the fd soft limit less a reserve, at least 1."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(1, min(int(soft) - FD_RESERVE, 16384))
+
+
+@dataclass(slots=True)
+class _Attempt:
+    index: int
+    attempt: int
+    due: float
+    sock: socket.socket | None = None
+    started: float = 0.0
+    deadline: float = 0.0
+    done: bool = False
+    resolved: Resolved | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters the outputs read; written only by the engine's thread."""
+
+    probes: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in State})
+    in_flight: int = 0
+    cycles: int = 0
+    lag_max_recent: float = 0.0  # max launch lag over the last lag window
+    lag_last: float = 0.0
+    completed_paths: int = 0  # paths with at least one outcome
+    started_at: float = 0.0
+
+
+class Engine:
+    """Runs on one asyncio loop. `run()` probes forever (or one pass with `once=True`)."""
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        sink: Sink,
+        *,
+        interval: float = 30.0,
+        timeout: float = 2.0,
+        attempts: int = 3,
+        max_concurrency: int | None = None,
+        checks: dict[str, Check] | None = None,
+        tick: float = 0.05,
+        once: bool = False,
+        jitter: float = 0.5,
+        seed: str = "",
+        resolver: Resolver | None = None,
+    ) -> None:
+        if interval <= 0 or timeout <= 0 or attempts < 1:
+            raise ValueError("interval and timeout must be > 0 and attempts >= 1")
+        self.targets = list(targets)
+        self.sink = sink
+        self.interval = interval
+        self.timeout = timeout
+        self.attempts = attempts
+        self.limit = max_concurrency or default_concurrency()
+        self.checks = checks or {}
+        self.tick = tick
+        self.once = once
+        self.resolver = resolver or Resolver()
+        self.stats = EngineStats()
+        self._order = self._spread(len(self.targets), jitter, seed)
+        self._cursor = 0
+        self._cycle_start = 0.0
+        self._inflight: deque[_Attempt] = deque()
+        self._waiting: deque[_Attempt] = deque()  # due, but held back by the cap or a DNS lookup
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._seen = bytearray(len(self.targets))
+        self._lag_window: deque[tuple[float, float]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._finished: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._launched_once = 0
+
+    # ---- schedule -------------------------------------------------------------------------------
+    def _spread(self, n: int, jitter: float, seed: str) -> list[tuple[float, int]]:
+        """(phase, index) sorted by phase: slot i of n, shifted by up to `jitter` of a slot."""
+        rng = random.Random(seed or "exchange-firewall-exporter")
+        indexes = list(range(n))
+        rng.shuffle(indexes)  # neighbours in the plan (one target's ports) should not fire together
+        slot = self.interval / n if n else self.interval
+        return [((i + rng.random() * jitter) * slot, index) for i, index in enumerate(indexes)]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._finished = loop.create_future()
+        self.stats.started_at = time.time()
+        self._cycle_start = time.monotonic()
+        if not self.targets:
+            if self.once:
+                return
+        self._tick()
+        try:
+            await self._finished
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Stop launching; in-flight probes are abandoned (their sockets closed), not reported."""
+        self._stopping = True
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def _shutdown(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        for attempt in self._inflight:
+            if not attempt.done and attempt.sock is not None:
+                self._release(attempt)
+        self._inflight.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        if self._stopping:
+            return
+        now = time.monotonic()
+        self._expire(now)
+        self._launch_due(now)
+        if self.once and self.stats.completed_paths >= len(self.targets) and self.stats.in_flight == 0:
+            self.stop()
+            return
+        # update the recent-lag window
+        while self._lag_window and self._lag_window[0][0] < now - 10.0:
+            self._lag_window.popleft()
+        self.stats.lag_max_recent = max((lag for _t, lag in self._lag_window), default=0.0)
+        self._handle = self._loop.call_at(now + self.tick, self._tick)
+
+    def _launch_due(self, now: float) -> None:
+        # first what was held back, then what came due since the last tick
+        while self._waiting and self.stats.in_flight < self.limit:
+            self._start(self._waiting.popleft(), now)
+        n = len(self._order)
+        if n == 0:
+            return
+        while self.stats.in_flight < self.limit and not self._waiting:
+            if self.once:
+                if self._launched_once >= n:
+                    return
+                phase, index = 0.0, self._order[self._launched_once][1]
+                self._launched_once += 1
+                due = self._cycle_start
+            else:
+                phase, index = self._order[self._cursor]
+                due = self._cycle_start + phase
+                if due > now:
+                    return
+                self._cursor += 1
+                if self._cursor == n:
+                    self._cursor = 0
+                    self._cycle_start += self.interval
+                    self.stats.cycles += 1
+            self._start(_Attempt(index, 1, due), now)
+
+    # ---- one attempt ----------------------------------------------------------------------------
+    def _start(self, attempt: _Attempt, now: float) -> None:
+        target = self.targets[attempt.index]
+        if attempt.attempt == 1:
+            lag = max(0.0, now - attempt.due)
+            self.stats.lag_last = lag
+            self._lag_window.append((now, lag))
+        resolved = attempt.resolved or self.resolver.cached(target.host, now)
+        if resolved is None:
+            self._begin_async(attempt, self._resolve_then_start(attempt))
+            return
+        if isinstance(resolved, ResolveFailure):
+            self._finish(attempt, Outcome(resolved.state, None, resolved.evidence, attempt.attempt))
+            return
+        attempt.resolved = resolved
+        check = target.check
+        if check == "tcp":
+            self._start_tcp(attempt, resolved, target)
+        elif check in self.checks:
+            self._begin_async(attempt, self._run_check(attempt, resolved, target))
+        else:
+            self._finish(attempt, Outcome(State.LOCAL_ERROR, None, f"no probe for check {check!r}"))
+
+    def _start_tcp(self, attempt: _Attempt, resolved: Resolved, target: Target) -> None:
+        assert self._loop is not None
+        try:
+            sock = tcp.open_socket(resolved.family)
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: ours, not the network's
+            self._finish(attempt, Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt.attempt))
+            return
+        started = time.monotonic()
+        sockaddr: tcp.SockAddr
+        if resolved.family == socket.AF_INET6:
+            sockaddr = (resolved.host, target.port, 0, 0)
+        else:
+            sockaddr = (resolved.host, target.port)
+        code = tcp.start_connect(sock, sockaddr)
+        if code in IN_PROGRESS:
+            attempt.sock = sock
+            attempt.started = started
+            attempt.deadline = started + self.timeout
+            try:
+                self._loop.add_writer(sock.fileno(), self._on_writable, attempt)
+            except (OSError, ValueError) as exc:
+                sock.close()
+                attempt.sock = None
+                self._finish(attempt, Outcome(State.LOCAL_ERROR, None, f"poller: {exc}", attempt.attempt))
+                return
+            self.stats.in_flight += 1
+            self._inflight.append(attempt)
+            return
+        sock.close()
+        self._finish(attempt, tcp.outcome_of(code, time.monotonic() - started, attempt.attempt))
+
+    def _on_writable(self, attempt: _Attempt) -> None:
+        if attempt.done or attempt.sock is None:
+            return
+        code = tcp.connect_result(attempt.sock)
+        rtt = time.monotonic() - attempt.started
+        self._release(attempt)
+        self._finish(attempt, tcp.outcome_of(code, rtt, attempt.attempt))
+        if self.once:
+            self._launch_due(time.monotonic())
+
+    def _release(self, attempt: _Attempt) -> None:
+        assert self._loop is not None and attempt.sock is not None
+        attempt.done = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(attempt.sock.fileno())
+        attempt.sock.close()
+        attempt.sock = None
+        self.stats.in_flight -= 1
+
+    def _expire(self, now: float) -> None:
+        while self._inflight:
+            head = self._inflight[0]
+            if head.done:
+                self._inflight.popleft()
+                continue
+            if head.deadline > now:
+                break
+            self._inflight.popleft()
+            self._release(head)
+            if head.attempt < self.attempts:
+                retry = _Attempt(head.index, head.attempt + 1, head.due, resolved=head.resolved)
+                self._start(retry, now)
+            else:
+                self._finish(head, tcp.filtered(self.timeout, self.attempts))
+
+    # ---- coroutine checks -----------------------------------------------------------------------
+    def _begin_async(self, attempt: _Attempt, work: Awaitable[None]) -> None:
+        self.stats.in_flight += 1
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self._tasks.discard(fut)
+            self.stats.in_flight -= 1
+            if fut.cancelled():
+                if not self._stopping:
+                    self._finish(attempt, Outcome(State.LOCAL_ERROR, None, "cancelled", attempt.attempt))
+            elif fut.exception() is not None:
+                exc = fut.exception()
+                log.error("probe of %s crashed: %r", self.targets[attempt.index], exc)
+                self._finish(attempt, Outcome(State.LOCAL_ERROR, None, f"probe bug: {type(exc).__name__}"))
+            if self.once and not self._stopping:
+                self._launch_due(time.monotonic())
+
+        task.add_done_callback(done)
+
+    async def _resolve_then_start(self, attempt: _Attempt) -> None:
+        target = self.targets[attempt.index]
+        resolved = await self.resolver.resolve(target.host)
+        if isinstance(resolved, ResolveFailure):
+            self._finish(attempt, Outcome(resolved.state, None, resolved.evidence, attempt.attempt))
+            return
+        attempt.resolved = resolved
+        # hand back to the scheduler (after this task's slot is released)
+        assert self._loop is not None
+        self._loop.call_soon(self._requeue, attempt)
+
+    def _requeue(self, attempt: _Attempt) -> None:
+        if self._stopping:
+            return
+        if self.stats.in_flight < self.limit:
+            self._start(attempt, time.monotonic())
+        else:
+            self._waiting.append(attempt)
+
+    async def _run_check(self, attempt: _Attempt, resolved: Resolved, target: Target) -> None:
+        check = self.checks[target.check]
+        # the check owns its attempts; this outer deadline only guards against a check that hangs
+        budget = self.timeout * self.attempts + 1.0
+        try:
+            outcome = await asyncio.wait_for(check(resolved, target, self.timeout, self.attempts), budget)
+        except TimeoutError:
+            outcome = Outcome(State.LOCAL_ERROR, budget, "check overran its deadline", self.attempts)
+        self._finish(attempt, outcome)
+
+    # ---- results --------------------------------------------------------------------------------
+    def _finish(self, attempt: _Attempt, outcome: Outcome) -> None:
+        attempt.done = True
+        self.stats.probes[outcome.state.value] += 1
+        if not self._seen[attempt.index]:
+            self._seen[attempt.index] = 1
+            self.stats.completed_paths += 1
+        self.sink.record(attempt.index, outcome, time.time())

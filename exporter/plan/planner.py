@@ -1,0 +1,181 @@
+"""The planner: (inventory, this agent's identity) -> the Paths this agent must probe."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from exporter.inventory.model import DomainController, Inventory, Member, Product, Role, Server
+from exporter.plan.catalogue import CATALOGUE, DC, GC, REQUIRED_KINDS, PathKind, PortEntry
+
+DEFAULT_DAG_REPLICATION_PORT = 64327
+
+
+class Vantage(enum.StrEnum):
+    """Where this agent stands, which decides what it probes."""
+
+    EXCHANGE = "exchange"  # on an internal Exchange server
+    EDGE = "edge"  # on an Edge Transport server
+    DC = "dc"  # on a domain controller
+    OBSERVER = "observer"  # a monitoring host outside the inventory: probes every member's ports
+    CLIENT = "client"  # a client network zone: only client endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """One thing to prove: `source` can reach `target` on `port/proto` and `check` says so."""
+
+    source: str
+    source_site: str
+    target: str  # FQDN
+    target_site: str
+    target_role: str
+    port: int
+    proto: str
+    service: str
+    kind: PathKind
+    check: str
+    address: str | None = None  # from the inventory; resolved from `target` when None
+
+    @property
+    def required(self) -> bool:
+        return self.kind in REQUIRED_KINDS
+
+    @property
+    def key(self) -> tuple[str, str, int, str, str]:
+        return (self.source, self.target.lower(), self.port, self.proto, self.check)
+
+
+# When one port is planned under several kinds (an observer sees 443 as both an Exchange-Exchange and a
+# client port), the path keeps the kind that says most about supportability.
+_KIND_PRIORITY = {
+    PathKind.EXCHANGE_EXCHANGE: 0,
+    PathKind.EXCHANGE_DC: 1,
+    PathKind.EDGE: 2,
+    PathKind.CLIENT_EXCHANGE: 3,
+}
+
+
+def vantage_of(member: Member | None, requested: Vantage | None = None) -> Vantage:
+    if requested is not None:
+        return requested
+    if member is None:
+        return Vantage.OBSERVER
+    if isinstance(member, DomainController):
+        return Vantage.DC
+    return Vantage.EDGE if member.is_edge else Vantage.EXCHANGE
+
+
+def _serves(entry: PortEntry, target: Member) -> bool:
+    if isinstance(target, DomainController):
+        return entry.roles == DC or (entry.roles == GC and target.global_catalog)
+    if isinstance(entry.roles, str):
+        return False
+    if target.version.product not in entry.products:
+        return False
+    if entry.dag_only and not target.dag:
+        return False
+    roles = set(target.roles)
+    # Exchange 2016+ folds Client Access, transport and (2016) UM into the Mailbox role.
+    if Role.MAILBOX in roles and target.version.product in (Product.EX2016, Product.EX2019, Product.SE):
+        roles |= {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT, Role.HUB_TRANSPORT}
+        if target.version.product is Product.EX2016:
+            roles.add(Role.UM)
+    if target.version.product is Product.EX2013 and Role.MAILBOX in roles:
+        roles |= {Role.HUB_TRANSPORT}
+    return bool(roles & entry.roles)
+
+
+def _entries_for(vantage: Vantage, target: Member, optional: frozenset[str]) -> Iterable[PortEntry]:
+    target_is_edge = isinstance(target, Server) and target.is_edge
+    for entry in CATALOGUE:
+        if entry.optional and entry.service not in optional:
+            continue
+        if not _serves(entry, target):
+            continue
+        kind = entry.kind
+        if target_is_edge:
+            # Edge gets only its documented paths, never the internal ANY/ANY set.
+            if kind is PathKind.EDGE and vantage in (Vantage.EXCHANGE, Vantage.OBSERVER):
+                yield entry
+            continue
+        if vantage is Vantage.EXCHANGE:
+            if kind in (PathKind.EXCHANGE_EXCHANGE, PathKind.EXCHANGE_DC):
+                yield entry
+        elif vantage is Vantage.EDGE:
+            if kind is PathKind.EDGE:
+                yield entry
+        elif vantage is Vantage.DC:
+            # DC -> Exchange: the reverse direction of the ANY/ANY rule; RPC and SMB are what a DC opens.
+            if kind is PathKind.EXCHANGE_EXCHANGE and entry.port in (135, 445):
+                yield PortEntry(PathKind.EXCHANGE_DC, entry.port, entry.proto, entry.service, entry.check)
+        elif vantage is Vantage.OBSERVER:
+            if kind is not PathKind.EDGE:
+                yield entry
+        elif vantage is Vantage.CLIENT and kind is PathKind.CLIENT_EXCHANGE:
+            yield entry
+
+
+def plan(
+    inventory: Inventory,
+    source: str,
+    *,
+    vantage: Vantage | None = None,
+    checks: frozenset[str] | None = None,
+    optional_services: frozenset[str] = frozenset(),
+) -> list[Path]:
+    """Every path `source` must probe, deduplicated, in a stable order.
+
+    `checks` limits the plan to probe kinds this build can run (None: all of them).
+    """
+    me = inventory.find(source)
+    where = vantage_of(me, vantage)
+    source_site = me.site if me is not None else ""
+    paths: dict[tuple[str, int, str, str], Path] = {}
+    for target in inventory.members():
+        if me is not None and target is me:
+            continue
+        if where is Vantage.DC and isinstance(target, DomainController):
+            continue  # DC <-> DC replication is AD's business, not Exchange's
+        for entry in _expand(_entries_for(where, target, optional_services), target, where):
+            if checks is not None and entry.check not in checks:
+                continue
+            path = Path(
+                source=source,
+                source_site=source_site,
+                target=target.fqdn,
+                target_site=target.site,
+                target_role=target.primary_role,
+                port=entry.port,
+                proto=entry.proto,
+                service=entry.service,
+                kind=entry.kind,
+                check=entry.check,
+                address=target.address,
+            )
+            key = (target.fqdn.lower(), entry.port, entry.proto, entry.check)
+            existing = paths.get(key)
+            if existing is None or _KIND_PRIORITY[path.kind] < _KIND_PRIORITY[existing.kind]:
+                paths[key] = path
+    return sorted(paths.values(), key=lambda p: (p.target_site, p.target.lower(), p.proto, p.port, p.check))
+
+
+def _expand(entries: Iterable[PortEntry], target: Member, where: Vantage) -> Iterable[PortEntry]:
+    """Apply per-server facts: the DAG's own replication port and Exchange 2010 static RPC ports."""
+    for entry in entries:
+        if entry.service == "dag-replication" and isinstance(target, Server):
+            port = target.dag_replication_port or DEFAULT_DAG_REPLICATION_PORT
+            yield PortEntry(entry.kind, port, entry.proto, entry.service, entry.check)
+            continue
+        yield entry
+    if (
+        where in (Vantage.OBSERVER, Vantage.CLIENT)
+        and isinstance(target, Server)
+        and target.static_rpc_ports
+        and Role.CLIENT_ACCESS in target.roles
+    ):
+        rpc = target.static_rpc_ports
+        for port, service in ((rpc.rpc_client_access, "rpc-static-rca"), (rpc.address_book, "rpc-static-ab")):
+            if port:
+                yield PortEntry(PathKind.CLIENT_EXCHANGE, port, "tcp", service, "tcp")
