@@ -1,0 +1,58 @@
+"""Shared fixtures: free ports, loopback listeners, the routed lab with a firewall."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.netns import RoutedLab
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Listeners:
+    """Real TCP listeners on loopback addresses, closed at teardown."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+
+    def open(self, host: str, port: int = 0) -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        self.sockets.append(sock)
+        return int(sock.getsockname()[1])
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def listeners() -> Iterator[Listeners]:
+    group = Listeners()
+    yield group
+    group.close()
+
+
+@pytest.fixture(scope="session")
+def routed_lab() -> Iterator[RoutedLab]:
+    lab = RoutedLab().up()
+    lab.listen(8001, 8002, 8003, 8004, 8005, 8006)
+    yield lab
+    lab.down()
+
+
+@pytest.fixture
+def lab(routed_lab: RoutedLab) -> Iterator[RoutedLab]:
+    routed_lab.flush()
+    yield routed_lab
+    routed_lab.flush()

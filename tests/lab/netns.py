@@ -1,0 +1,133 @@
+"""A real routed network on one machine: this host -> router namespace (nftables) -> target namespace.
+
+    root namespace (the prober)  --veth--  rtr (forwarding, nftables `forward` chain)  --veth--  dst
+    10.251.1.1 / fd51:1::1                 10.251.1.2 | 10.251.2.1                          10.251.2.2 / fd51:2::2
+
+Addresses live only in namespaces this module creates; the router has no uplink, so nothing leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, input=input)
+
+
+def require_tools(*tools: str) -> None:
+    """Fail (never skip) when the lab cannot be built: a missing tool is a broken CI, not a pass."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"test lab needs {', '.join(missing)}: run `make test` (it installs them)")
+    if os.geteuid() != 0:
+        raise RuntimeError("test lab needs root for network namespaces")
+
+
+@dataclass
+class RoutedLab:
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
+    src4: str = "10.251.1.1"
+    dst4: str = "10.251.2.2"
+    src6: str = "fd51:1::1"
+    dst6: str = "fd51:2::2"
+    listener: subprocess.Popen[str] | None = None
+
+    @property
+    def rtr(self) -> str:
+        return f"efx-rtr-{self.tag}"
+
+    @property
+    def dst(self) -> str:
+        return f"efx-dst-{self.tag}"
+
+    @property
+    def host_if(self) -> str:
+        return f"efxh{self.tag}"[:15]
+
+    def up(self) -> RoutedLab:
+        require_tools("ip", "nft")
+        self.down(quiet=True)
+        r, d, h = self.rtr, self.dst, self.host_if
+        steps = [
+            ["ip", "netns", "add", r],
+            ["ip", "netns", "add", d],
+            ["ip", "link", "add", h, "type", "veth", "peer", "name", "r0", "netns", r],
+            ["ip", "-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "eth0", "netns", d],
+            ["ip", "addr", "add", "10.251.1.1/24", "dev", h],
+            ["ip", "-6", "addr", "add", "fd51:1::1/64", "dev", h, "nodad"],
+            ["ip", "link", "set", h, "up"],
+            ["ip", "-n", r, "addr", "add", "10.251.1.2/24", "dev", "r0"],
+            ["ip", "-n", r, "-6", "addr", "add", "fd51:1::2/64", "dev", "r0", "nodad"],
+            ["ip", "-n", r, "addr", "add", "10.251.2.1/24", "dev", "r1"],
+            ["ip", "-n", r, "-6", "addr", "add", "fd51:2::1/64", "dev", "r1", "nodad"],
+            ["ip", "-n", r, "link", "set", "lo", "up"],
+            ["ip", "-n", r, "link", "set", "r0", "up"],
+            ["ip", "-n", r, "link", "set", "r1", "up"],
+            ["ip", "-n", d, "addr", "add", "10.251.2.2/24", "dev", "eth0"],
+            ["ip", "-n", d, "-6", "addr", "add", "fd51:2::2/64", "dev", "eth0", "nodad"],
+            ["ip", "-n", d, "link", "set", "lo", "up"],
+            ["ip", "-n", d, "link", "set", "eth0", "up"],
+            ["ip", "-n", d, "route", "add", "default", "via", "10.251.2.1"],
+            ["ip", "-n", d, "-6", "route", "add", "default", "via", "fd51:2::1"],
+            ["ip", "route", "add", "10.251.2.0/24", "via", "10.251.1.2"],
+            ["ip", "-6", "route", "add", "fd51:2::/64", "via", "fd51:1::2"],
+            ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            # back-to-back rejects must each produce an ICMP error, not rate-limited silence
+            ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"],
+            ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.icmp.ratelimit=0"],
+        ]
+        try:
+            for step in steps:
+                run(*step)
+            self.nft("add table inet fw")
+            self.nft("add chain inet fw forward { type filter hook forward priority 0; policy accept; }")
+        except subprocess.CalledProcessError as exc:
+            self.down(quiet=True)
+            raise RuntimeError(f"building the lab failed at {exc.cmd}: {exc.stderr}") from exc
+        return self
+
+    def nft(self, command: str) -> None:
+        run("ip", "netns", "exec", self.rtr, "nft", command)
+
+    def block(self, rule: str) -> None:
+        """Add a rule to the router's forward chain, e.g. `tcp dport 8002 drop`."""
+        self.nft(f"add rule inet fw forward {rule}")
+
+    def flush(self) -> None:
+        self.nft("flush chain inet fw forward")
+
+    def listen(self, *ports: int) -> None:
+        """Start real listeners in the target namespace."""
+        self.listener = subprocess.Popen(
+            ["ip", "netns", "exec", self.dst, sys.executable, "-m", "tests.lab.listener", *map(str, ports)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.listener.stdout is not None
+        line = self.listener.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"listener did not start: {line!r} {self.listener.stderr.read() if self.listener.stderr else ''}")
+
+    def down(self, quiet: bool = False) -> None:
+        if self.listener is not None:
+            self.listener.kill()
+            self.listener.wait(5)
+            self.listener = None
+        for args in (
+            ["ip", "route", "del", "10.251.2.0/24"],
+            ["ip", "-6", "route", "del", "fd51:2::/64"],
+            ["ip", "link", "del", self.host_if],
+            ["ip", "netns", "del", self.rtr],
+            ["ip", "netns", "del", self.dst],
+        ):
+            run(*args, check=False)
+        time.sleep(0.05)
