@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from exporter import __version__
@@ -30,7 +33,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     """`:10135`, `127.0.0.1:10135`, `[::1]:10135` -> (host, port)."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--web.listen-address {value!r} is not host:port", fix="e.g. :10135 or [::1]:10135")
+        raise ConfigError(
+            f"--web.listen-address {value!r} is not host:port", fix="e.g. :10135 or [::1]:10135"
+        )
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -45,24 +50,34 @@ def _positive(value: str) -> float:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inventory", metavar="FILE", help="static inventory YAML (default: the demo)")
     parser.add_argument(
-        "--source", default=None, help="this agent's identity, an inventory member's FQDN or name "
+        "--source",
+        default=None,
+        help="this agent's identity, an inventory member's FQDN or name "
         "(default: this host's FQDN; a name outside the inventory makes an observer)",
     )
     parser.add_argument(
-        "--vantage", choices=[v.value for v in Vantage], default=None,
+        "--vantage",
+        choices=[v.value for v in Vantage],
+        default=None,
         help="override where this agent stands (default: from --source's inventory entry)",
     )
     parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds per attempt (default 2)")
     parser.add_argument(
         "--attempts", type=int, default=3, help="silent attempts before a path reads filtered (default 3)"
     )
-    parser.add_argument("--max-concurrency", type=int, default=None, help="probes in flight (default: from fd limit)")
     parser.add_argument(
-        "--enable-service", action="append", default=[], metavar="SERVICE",
+        "--max-concurrency", type=int, default=None, help="probes in flight (default: from fd limit)"
+    )
+    parser.add_argument(
+        "--enable-service",
+        action="append",
+        default=[],
+        metavar="SERVICE",
         help="probe an optional client service too (pop3, pop3s, imap, imaps, um-callrouter-sip...)",
     )
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="probe continuously and serve /metrics (the default command)")
     _common(serve)
-    serve.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
-                       help=f"address to serve on (default {DEFAULT_LISTEN})")
+    serve.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        help=f"address to serve on (default {DEFAULT_LISTEN})",
+    )
     serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
     demo = sub.add_parser("demo", help="serve the built-in demo organisation with real loopback listeners")
     _common(demo)
@@ -123,7 +142,10 @@ def _inventory_and_plan(args: argparse.Namespace, demo: bool) -> tuple[Inventory
         raise ConfigError("--max-concurrency must be at least 1", fix="leave it unset to derive it")
     vantage = Vantage(args.vantage) if args.vantage else None
     paths = plan(
-        inventory, source, vantage=vantage, checks=AVAILABLE_CHECKS,
+        inventory,
+        source,
+        vantage=vantage,
+        checks=AVAILABLE_CHECKS,
         optional_services=frozenset(args.enable_service),
     )
     return inventory, source, paths
@@ -143,17 +165,33 @@ def run_serve(args: argparse.Namespace) -> int:
     if is_demo:
         listeners = demo_org.DemoListeners(paths)
         listeners.start()
-        log.info("demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",
-                 len(listeners.endpoints), *demo_org.CLOSED)
+        log.info(
+            "demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",
+            len(listeners.endpoints),
+            *demo_org.CLOSED,
+        )
     settings = ProbeSettings(args.interval, args.timeout, args.attempts, args.max_concurrency)
     prober = Prober(inventory, paths, settings, source=source)
-    log.info("source %s: %d paths to %d members, every %gs, up to %d in flight",
-             source, len(paths), sum(1 for _ in inventory.members()), args.interval, prober.engine.limit)
+    log.info(
+        "source %s: %d paths to %d members, every %gs, up to %d in flight",
+        source,
+        len(paths),
+        sum(1 for _ in inventory.members()),
+        args.interval,
+        prober.engine.limit,
+    )
     prober.start()
     app = create_app(prober)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    server = _GracefulServer(config)
     log.info("listening on %s:%d", host, port)
     try:
         server.run()
@@ -162,6 +200,32 @@ def run_serve(args: argparse.Namespace) -> int:
         if listeners is not None:
             listeners.stop()
     return 0
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its shutdown, which would kill us before our own cleanup
+        (stopping the prober, flushing state) runs; here the signal only asks for a graceful exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
+def _GracefulServer(config: Any) -> Any:
+    return _graceful_server_class()(config)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -179,8 +243,14 @@ def run_check(args: argparse.Namespace) -> int:
         listeners.start()
     table = PathTable(paths)
     engine = Engine(
-        targets_of(paths), table, timeout=args.timeout, attempts=args.attempts,
-        max_concurrency=args.max_concurrency, once=True, tick=0.02, seed=source,
+        targets_of(paths),
+        table,
+        timeout=args.timeout,
+        attempts=args.attempts,
+        max_concurrency=args.max_concurrency,
+        once=True,
+        tick=0.02,
+        seed=source,
     )
     loop = new_loop()
     try:
@@ -224,8 +294,14 @@ def _run_with_progress(loop: asyncio.AbstractEventLoop, engine: Any, total: int)
         loop.run_until_complete(watch())
 
 
-_STYLE = {"open": "green", "refused": "red", "filtered": "red", "unreachable": "red",
-          "dns_error": "yellow", "local_error": "yellow"}
+_STYLE = {
+    "open": "green",
+    "refused": "red",
+    "filtered": "red",
+    "unreachable": "red",
+    "dns_error": "yellow",
+    "local_error": "yellow",
+}
 
 
 def _print_table(rows: list[dict[str, Any]], source: str, organisation: str) -> None:
@@ -250,14 +326,19 @@ def _print_table(rows: list[dict[str, Any]], source: str, organisation: str) -> 
             style = _STYLE.get(r["state"] or "", "")
             rtt = f"{r['rtt_seconds'] * 1000:.1f}" if r["rtt_seconds"] is not None else ""
             table.add_row(
-                str(r["port"]), r["proto"], r["service"], r["kind"], "yes" if r["required"] else "no",
-                f"[{style}]{r['state']}[/{style}]" if style else str(r["state"]), r["evidence"], rtt,
+                str(r["port"]),
+                r["proto"],
+                r["service"],
+                r["kind"],
+                "yes" if r["required"] else "no",
+                f"[{style}]{r['state']}[/{style}]" if style else str(r["state"]),
+                r["evidence"],
+                rtt,
             )
         console.print(table)
     failing = [r for r in rows if r["required"] and r["state"] != "open"]
     verdict = "all required paths open" if not failing else f"{len(failing)} required path(s) NOT open"
     console.print(f"[bold]{organisation}[/bold] from {source}: {len(rows)} paths, {verdict}")
-
 
 
 if __name__ == "__main__":

@@ -29,14 +29,35 @@ def demo_inventory() -> Inventory:
     return Inventory(
         organisation="Demo Organisation",
         servers=(
-            Server("EX16A", "ex16a.demo.example", mbx, Version.parse("15.1.2507.6"), "Site-A",
-                   address="127.0.10.11", dag="DAG-A"),
-            Server("EX19A", "ex19a.demo.example", mbx, Version.parse("15.2.1544.4"), "Site-A",
-                   address="127.0.10.12", dag="DAG-A"),
-            Server("EX19B", "ex19b.demo.example", mbx, Version.parse("2019"), "Site-B",
-                   address="127.0.10.13"),
-            Server("EXSE", "exse.demo.example", mbx, Version.parse("15.2.2562.17"), "Site-B",
-                   address="127.0.10.14"),
+            Server(
+                "EX16A",
+                "ex16a.demo.example",
+                mbx,
+                Version.parse("15.1.2507.6"),
+                "Site-A",
+                address="127.0.10.11",
+                dag="DAG-A",
+            ),
+            Server(
+                "EX19A",
+                "ex19a.demo.example",
+                mbx,
+                Version.parse("15.2.1544.4"),
+                "Site-A",
+                address="127.0.10.12",
+                dag="DAG-A",
+            ),
+            Server(
+                "EX19B", "ex19b.demo.example", mbx, Version.parse("2019"), "Site-B", address="127.0.10.13"
+            ),
+            Server(
+                "EXSE",
+                "exse.demo.example",
+                mbx,
+                Version.parse("15.2.2562.17"),
+                "Site-B",
+                address="127.0.10.14",
+            ),
         ),
         domain_controllers=(
             DomainController("DC1", "dc1.demo.example", "Site-A", global_catalog=True, address="127.0.10.21"),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from exporter.engine.scheduler import Check, Engine, EngineStats, Target
 from exporter.inventory.model import Inventory
-from exporter.plan.planner import Path
 from exporter.outputs.pathtable import PathTable
+from exporter.plan.planner import Path
 
 log = logging.getLogger(__name__)
 

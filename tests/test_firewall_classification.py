@@ -30,7 +30,9 @@ class Collect:
 ATTEMPT_TIMEOUT = 1.3
 
 
-def run_once(targets: list[Target], timeout: float = ATTEMPT_TIMEOUT, attempts: int = 3) -> dict[int, Outcome]:
+def run_once(
+    targets: list[Target], timeout: float = ATTEMPT_TIMEOUT, attempts: int = 3
+) -> dict[int, Outcome]:
     sink = Collect()
     engine = Engine(targets, sink, timeout=timeout, attempts=attempts, once=True, tick=0.02)
     asyncio.run(engine.run())
@@ -40,12 +42,22 @@ def run_once(targets: list[Target], timeout: float = ATTEMPT_TIMEOUT, attempts: 
 FIREWALL = [
     # (port, nftables rule in the router, state, evidence for IPv4, evidence for IPv6)
     (8001, None, State.OPEN, "", ""),
-    (8002, "tcp dport 8002 drop", State.FILTERED, "no answer to 3 SYN attempts of 1.3s",
-     "no answer to 3 SYN attempts of 1.3s"),
+    (
+        8002,
+        "tcp dport 8002 drop",
+        State.FILTERED,
+        "no answer to 3 SYN attempts of 1.3s",
+        "no answer to 3 SYN attempts of 1.3s",
+    ),
     (8003, "tcp dport 8003 reject with tcp reset", State.REFUSED, "ECONNREFUSED", "ECONNREFUSED"),
     (8004, "tcp dport 8004 reject with icmpx admin-prohibited", State.UNREACHABLE, "EHOSTUNREACH", "EACCES"),
-    (8005, "tcp dport 8005 reject with icmpx host-unreachable", State.UNREACHABLE, "EHOSTUNREACH",
-     "EHOSTUNREACH"),
+    (
+        8005,
+        "tcp dport 8005 reject with icmpx host-unreachable",
+        State.UNREACHABLE,
+        "EHOSTUNREACH",
+        "EHOSTUNREACH",
+    ),
     (8006, "tcp dport 8006 reject with icmpx no-route", State.UNREACHABLE, "ENETUNREACH", "ENETUNREACH"),
     (8099, None, State.REFUSED, "ECONNREFUSED", "ECONNREFUSED"),  # nothing listens: the host's own RST
 ]
@@ -60,9 +72,7 @@ def test_each_firewall_action_reads_as_its_own_state(lab: RoutedLab, family: str
     targets = [Target(address, port) for port, *_ in FIREWALL]
     outcomes = run_once(targets)
     got = {targets[i].port: (o.state, o.evidence) for i, o in outcomes.items()}
-    want = {
-        port: (state, ev4 if family == "ipv4" else ev6) for port, _rule, state, ev4, ev6 in FIREWALL
-    }
+    want = {port: (state, ev4 if family == "ipv4" else ev6) for port, _rule, state, ev4, ev6 in FIREWALL}
     assert got == want
     # a drop is declared filtered only after three silent attempts; answers come at the first
     assert outcomes[1].attempts == 3

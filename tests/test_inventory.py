@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -56,7 +58,9 @@ def test_a_valid_inventory_loads_into_the_model(tmp_path: Path) -> None:
     assert inv.organisation == "Contoso"
     ex01, ex10, edge = inv.servers
     assert (ex01.version.product, ex01.version.build, ex01.roles) == (
-        Product.EX2019, (15, 2, 1544, 4), frozenset({Role.MAILBOX})
+        Product.EX2019,
+        (15, 2, 1544, 4),
+        frozenset({Role.MAILBOX}),
     )
     assert (ex01.dag, ex01.dag_replication_port, ex01.address) == ("DAG1", 64400, "127.0.20.1")
     assert ex10.static_rpc_ports is not None and ex10.static_rpc_ports.address_book == 59532
@@ -92,24 +96,34 @@ def test_version_decoding(text: str, build: tuple[int, ...] | None, product: Pro
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
-        (lambda d: d["servers"][0].update(colour="blue"),
-         "servers[0] (EX01).colour: Extra inputs are not permitted (fix: remove it"),
-        (lambda d: d["servers"][1].update(roles=["mailbox", "cas"]),
-         "servers[1] (EX10).roles[1]: Input should be"),
-        (lambda d: d["servers"][0].update(version="2007"),
-         "servers[0] (EX01).version: unknown Exchange version '2007'"),
-        (lambda d: d["servers"][0].pop("site"),
-         "servers[0] (EX01).site: Field required (fix: add it)"),
-        (lambda d: d["domain_controllers"][0].update(fqdn="dc 1.contoso.test"),
-         "domain_controllers[0] (DC1).fqdn: must be a DNS name"),
-        (lambda d: d["servers"][0].update(version="16.0.1.1"),
-         "is not an Exchange 2010-SE build"),
+        (
+            lambda d: d["servers"][0].update(colour="blue"),
+            "servers[0] (EX01).colour: Extra inputs are not permitted (fix: remove it",
+        ),
+        (
+            lambda d: d["servers"][1].update(roles=["mailbox", "cas"]),
+            "servers[1] (EX10).roles[1]: Input should be",
+        ),
+        (
+            lambda d: d["servers"][0].update(version="2007"),
+            "servers[0] (EX01).version: unknown Exchange version '2007'",
+        ),
+        (lambda d: d["servers"][0].pop("site"), "servers[0] (EX01).site: Field required (fix: add it)"),
+        (
+            lambda d: d["domain_controllers"][0].update(fqdn="dc 1.contoso.test"),
+            "domain_controllers[0] (DC1).fqdn: must be a DNS name",
+        ),
+        (lambda d: d["servers"][0].update(version="16.0.1.1"), "is not an Exchange 2010-SE build"),
         (lambda d: d.update(extra=1), "extra: Extra inputs are not permitted"),
-        (lambda d: d["servers"][2].update(fqdn="ex01.contoso.test"),
-         "servers[2] (EDGE1): fqdn ex01.contoso.test is already used by servers[0]"),
+        (
+            lambda d: d["servers"][2].update(fqdn="ex01.contoso.test"),
+            "servers[2] (EDGE1): fqdn ex01.contoso.test is already used by servers[0]",
+        ),
     ],
 )
-def test_invalid_inventory_names_file_entry_and_fix(tmp_path: Path, mutation, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_inventory_names_file_entry_and_fix(
+    tmp_path: Path, mutation: Callable[[dict[str, Any]], object], expected: str
+) -> None:
     data = yaml.safe_load(GOOD)
     mutation(data)
     file = write(tmp_path, yaml.safe_dump(data))

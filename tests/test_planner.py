@@ -24,10 +24,35 @@ def test_observer_probes_every_members_server_side_ports() -> None:
     assert {p.source_site for p in paths} == {""}
     # Exchange 2019 Mailbox in a DAG: the full internal set incl. DAG ports at the DAG's own port
     assert {port for port, _ in ports(paths, "ex01.contoso.test")} == {
-        25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 3343, 64337, 64400
+        25,
+        80,
+        135,
+        139,
+        443,
+        444,
+        445,
+        465,
+        475,
+        587,
+        717,
+        808,
+        2525,
+        3343,
+        64337,
+        64400,
     }
     # a global catalog answers 3268/3269, a read-only DC that is not a GC does not
-    assert {port for port, _ in ports(paths, "dc1.contoso.test")} == {53, 88, 135, 389, 445, 464, 636, 3268, 3269}
+    assert {port for port, _ in ports(paths, "dc1.contoso.test")} == {
+        53,
+        88,
+        135,
+        389,
+        445,
+        464,
+        636,
+        3268,
+        3269,
+    }
     assert {port for port, _ in ports(paths, "rodc1.contoso.test")} == {53, 88, 135, 389, 445, 464, 636}
 
 
@@ -56,8 +81,10 @@ def test_edge_member_probes_only_smtp_to_mailbox_servers() -> None:
 def test_dc_member_probes_rpc_and_smb_on_exchange_servers_only() -> None:
     paths = plan(INV, "DC1")
     assert {(p.target, p.port) for p in paths} == {
-        ("ex01.contoso.test", 135), ("ex01.contoso.test", 445),
-        ("ex10.contoso.test", 135), ("ex10.contoso.test", 445),
+        ("ex01.contoso.test", 135),
+        ("ex01.contoso.test", 445),
+        ("ex10.contoso.test", 135),
+        ("ex10.contoso.test", 445),
     }
     assert all(p.kind is PathKind.EXCHANGE_DC and p.required for p in paths)
 
@@ -65,11 +92,15 @@ def test_dc_member_probes_rpc_and_smb_on_exchange_servers_only() -> None:
 def test_client_vantage_probes_client_endpoints_including_2010_static_rpc_ports() -> None:
     paths = plan(INV, "client-zone-1", vantage=Vantage.CLIENT)
     assert {(p.target, p.port, p.service) for p in paths} == {
-        ("ex01.contoso.test", 80, "http"), ("ex01.contoso.test", 443, "https"),
+        ("ex01.contoso.test", 80, "http"),
+        ("ex01.contoso.test", 443, "https"),
         ("ex01.contoso.test", 587, "smtp-submission"),
-        ("ex10.contoso.test", 80, "http"), ("ex10.contoso.test", 443, "https"),
-        ("ex10.contoso.test", 587, "smtp-submission"), ("ex10.contoso.test", 135, "rpc-epm"),
-        ("ex10.contoso.test", 59531, "rpc-static-rca"), ("ex10.contoso.test", 59532, "rpc-static-ab"),
+        ("ex10.contoso.test", 80, "http"),
+        ("ex10.contoso.test", 443, "https"),
+        ("ex10.contoso.test", 587, "smtp-submission"),
+        ("ex10.contoso.test", 135, "rpc-epm"),
+        ("ex10.contoso.test", 59531, "rpc-static-rca"),
+        ("ex10.contoso.test", 59532, "rpc-static-ab"),
     }
     assert not any(p.required for p in paths)
 
@@ -91,19 +122,24 @@ def test_one_path_per_port_keeping_the_kind_that_matters_most() -> None:
 def test_udp_checks_are_planned_only_when_the_build_can_run_them() -> None:
     every = plan(INV, "ex01.contoso.test")
     assert {(p.port, p.check) for p in every if p.proto == "udp" and p.target == "dc1.contoso.test"} == {
-        (53, "dns"), (88, "kerberos"), (123, "ntp"), (389, "cldap")
+        (53, "dns"),
+        (88, "kerberos"),
+        (123, "ntp"),
+        (389, "cldap"),
     }
     assert not [p for p in plan(INV, "ex01.contoso.test", checks=TCP) if p.proto == "udp"]
 
 
 def test_um_ports_exist_for_2016_but_not_2019_or_se() -> None:
-    inv = parse_inventory({
-        "organisation": "o",
-        "servers": [
-            {"name": n, "fqdn": f"{n}.t", "roles": ["mailbox"], "version": v, "site": "s"}
-            for n, v in (("a", "2016"), ("b", "2019"), ("c", "SE"))
-        ],
-    })
+    inv = parse_inventory(
+        {
+            "organisation": "o",
+            "servers": [
+                {"name": n, "fqdn": f"{n}.t", "roles": ["mailbox"], "version": v, "site": "s"}
+                for n, v in (("a", "2016"), ("b", "2019"), ("c", "SE"))
+            ],
+        }
+    )
     paths = plan(inv, "observer")
     assert {p.target for p in paths if p.port in (5062, 5063)} == {"a.t"}
 

@@ -144,9 +144,8 @@ class Engine:
         self._finished = loop.create_future()
         self.stats.started_at = time.time()
         self._cycle_start = time.monotonic()
-        if not self.targets:
-            if self.once:
-                return
+        if not self.targets and self.once:
+            return
         self._tick()
         try:
             await self._finished
@@ -239,7 +238,9 @@ class Engine:
         try:
             sock = tcp.open_socket(resolved.family)
         except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: ours, not the network's
-            self._finish(attempt, Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt.attempt))
+            self._finish(
+                attempt, Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt.attempt)
+            )
             return
         started = time.monotonic()
         sockaddr: tcp.SockAddr

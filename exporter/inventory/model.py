@@ -115,8 +115,14 @@ class Server:
     @property
     def primary_role(self) -> str:
         """The one role used as a metric label: bounded to the Role values."""
-        for role in (Role.EDGE, Role.MAILBOX, Role.CLIENT_ACCESS, Role.HUB_TRANSPORT,
-                     Role.FRONTEND_TRANSPORT, Role.UM):
+        for role in (
+            Role.EDGE,
+            Role.MAILBOX,
+            Role.CLIENT_ACCESS,
+            Role.HUB_TRANSPORT,
+            Role.FRONTEND_TRANSPORT,
+            Role.UM,
+        ):
             if role in self.roles:
                 return role.value
         return "unknown"

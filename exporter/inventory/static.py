@@ -42,8 +42,8 @@ class ServerFile(_Strict):
     name: str = Field(min_length=1, max_length=64)
     fqdn: str
     address: str | None = None
-    roles: list[Literal["mailbox", "clientaccess", "hubtransport", "frontendtransport", "edge", "um"]] = Field(
-        min_length=1
+    roles: list[Literal["mailbox", "clientaccess", "hubtransport", "frontendtransport", "edge", "um"]] = (
+        Field(min_length=1)
     )
     version: str
     site: str = Field(min_length=1, max_length=128)
@@ -91,7 +91,7 @@ _FIXES = {
 def _describe(error: Any, data: Any) -> str:
     """One validation error as `servers[2] (ex03): roles: ... (fix: ...)`."""
     loc = list(error["loc"])
-    where = []
+    where: list[str] = []
     node = data
     for part in loc:
         if isinstance(part, int):
@@ -135,7 +135,8 @@ def _to_model(parsed: InventoryFile, origin: str) -> Inventory:
         key = entry.fqdn.lower()
         if key in seen:
             raise ConfigError(
-                f"{origin}: servers[{index}] ({entry.name}): fqdn {entry.fqdn} is already used by {seen[key]}",
+                f"{origin}: servers[{index}] ({entry.name}): fqdn {entry.fqdn} is already used by "
+                f"{seen[key]}",
                 fix="each member needs its own fqdn",
             )
         seen[key] = f"servers[{index}]"
@@ -184,7 +185,9 @@ def load_inventory(path: str | Path) -> Inventory:
         with file.open("rb") as handle:
             raw = handle.read(MAX_INVENTORY_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the inventory: {exc.strerror}", fix="check the path") from None
+        raise ConfigError(
+            f"{file}: cannot read the inventory: {exc.strerror}", fix="check the path"
+        ) from None
     if len(raw) > MAX_INVENTORY_BYTES:
         raise ConfigError(f"{file}: larger than {MAX_INVENTORY_BYTES} bytes", fix="is this the right file?")
     try:

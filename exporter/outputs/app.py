@@ -45,7 +45,9 @@ def create_app(prober: Prober) -> FastAPI:
         if prober.ready:
             return Response("Ready\n", media_type="text/plain")
         done, total = prober.stats.completed_paths, len(prober.table)
-        return Response(f"Not ready: {done} of {total} paths probed\n", status_code=503, media_type="text/plain")
+        return Response(
+            f"Not ready: {done} of {total} paths probed\n", status_code=503, media_type="text/plain"
+        )
 
     @app.get("/api/v1/paths", response_model=list[PathView], summary="Every planned path and its last result")
     async def paths(
@@ -84,7 +86,7 @@ def _landing(prober: Prober) -> str:
     org = html.escape(prober.inventory.organisation)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>exchange-firewall-exporter</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:50em}}code{{background:#eee;padding:0 .2em}}</style>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:50em}}</style>
 </head><body>
 <h1>exchange-firewall-exporter</h1>
 <p>Organisation <b>{org}</b>, probing from <b>{source}</b>: {len(prober.table)} paths ({summary}).</p>

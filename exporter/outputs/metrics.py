@@ -43,24 +43,21 @@ class ExporterCollector(Collector):
             "Largest delay of a probe's start behind its schedule over the last 10 s.",
             value=stats.lag_max_recent,
         )
-        yield GaugeMetricFamily(
-            "exchange_probes_in_flight", "Probes running now.", value=stats.in_flight
-        )
+        yield GaugeMetricFamily("exchange_probes_in_flight", "Probes running now.", value=stats.in_flight)
         yield GaugeMetricFamily(
             "exchange_probe_concurrency_limit",
             "Most probes allowed in flight (derived from the fd limit unless set).",
             value=prober.engine.limit,
         )
         yield GaugeMetricFamily(
-            "exchange_probe_interval_seconds", "Configured interval between probes of one path.",
+            "exchange_probe_interval_seconds",
+            "Configured interval between probes of one path.",
             value=prober.settings.interval,
         )
         yield CounterMetricFamily(
             "exchange_probe_cycles", "Complete passes over the plan.", value=stats.cycles
         )
-        paths = GaugeMetricFamily(
-            "exchange_paths", "Paths this agent probes, by path kind.", labels=["kind"]
-        )
+        paths = GaugeMetricFamily("exchange_paths", "Paths this agent probes, by path kind.", labels=["kind"])
         for kind, count in sorted(Counter(p.kind.value for p in prober.table.paths).items()):
             paths.add_metric([kind], count)
         yield paths
@@ -85,7 +82,8 @@ class ExporterCollector(Collector):
         )
         yield info
         yield GaugeMetricFamily(
-            "exchange_exporter_ready", "1 once every planned path has been probed at least once.",
+            "exchange_exporter_ready",
+            "1 once every planned path has been probed at least once.",
             value=1 if prober.ready else 0,
         )
 

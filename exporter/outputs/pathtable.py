@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from exporter.plan.planner import Path
 from exporter.probes.outcome import STATES, Outcome, State
 
-LABELS = (
-    "source", "source_site", "target", "target_site", "target_role", "port", "proto", "service", "kind"
-)
+LABELS = ("source", "source_site", "target", "target_site", "target_role", "port", "proto", "service", "kind")
 
 FAMILIES = (
     ("exchange_path_up", "gauge", "1 if the last probe of the path found it open, else 0."),
@@ -40,8 +38,15 @@ def escape_label(value: str) -> str:
 
 def label_string(path: Path) -> str:
     values = (
-        path.source, path.source_site, path.target, path.target_site, path.target_role,
-        str(path.port), path.proto, path.service, path.kind.value,
+        path.source,
+        path.source_site,
+        path.target,
+        path.target_site,
+        path.target_role,
+        str(path.port),
+        path.proto,
+        path.service,
+        path.kind.value,
     )
     return ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
 

@@ -176,6 +176,7 @@ def _expand(entries: Iterable[PortEntry], target: Member, where: Vantage) -> Ite
         and Role.CLIENT_ACCESS in target.roles
     ):
         rpc = target.static_rpc_ports
-        for port, service in ((rpc.rpc_client_access, "rpc-static-rca"), (rpc.address_book, "rpc-static-ab")):
-            if port:
-                yield PortEntry(PathKind.CLIENT_EXCHANGE, port, "tcp", service, "tcp")
+        pinned = ((rpc.rpc_client_access, "rpc-static-rca"), (rpc.address_book, "rpc-static-ab"))
+        for static_port, service in pinned:
+            if static_port:
+                yield PortEntry(PathKind.CLIENT_EXCHANGE, static_port, "tcp", service, "tcp")

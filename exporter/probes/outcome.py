@@ -104,8 +104,19 @@ for _code in _posix("ETIMEDOUT"):
 for _code in _posix("EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "EACCES", "EPERM", "ENONET"):
     _POSIX_STATES[_code] = State.UNREACHABLE
 for _code in _posix(
-    "EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL", "EADDRINUSE", "EAGAIN", "EINVAL",
-    "EAFNOSUPPORT", "ENETDOWN", "EBADF", "ENOTSOCK", "EPROTONOSUPPORT",
+    "EMFILE",
+    "ENFILE",
+    "ENOBUFS",
+    "ENOMEM",
+    "EADDRNOTAVAIL",
+    "EADDRINUSE",
+    "EAGAIN",
+    "EINVAL",
+    "EAFNOSUPPORT",
+    "ENETDOWN",
+    "EBADF",
+    "ENOTSOCK",
+    "EPROTONOSUPPORT",
 ):
     _POSIX_STATES[_code] = State.LOCAL_ERROR
 
@@ -126,4 +137,4 @@ def classify_errno(code: int) -> State:
 
 #: what a non-blocking connect() returns while the handshake is in flight (POSIX, then Windows). Linux's
 #: EAGAIN from connect() means "no local port left" and is deliberately not in here.
-IN_PROGRESS = frozenset(_posix("EINPROGRESS") + [WSAEWOULDBLOCK, WSAEINPROGRESS])
+IN_PROGRESS = frozenset([*_posix("EINPROGRESS"), WSAEWOULDBLOCK, WSAEINPROGRESS])

@@ -1,7 +1,7 @@
 """A real routed network on one machine: this host -> router namespace (nftables) -> target namespace.
 
-    root namespace (the prober)  --veth--  rtr (forwarding, nftables `forward` chain)  --veth--  dst
-    10.251.1.1 / fd51:1::1                 10.251.1.2 | 10.251.2.1                          10.251.2.2 / fd51:2::2
+    root ns (the prober) --veth-- rtr (forwarding, nftables `forward` chain) --veth-- dst (listeners)
+    10.251.1.1, fd51:1::1         10.251.1.2 | 10.251.2.1                           10.251.2.2, fd51:2::2
 
 Addresses live only in namespaces this module creates; the router has no uplink, so nothing leaves.
 """
@@ -110,12 +110,16 @@ class RoutedLab:
         """Start real listeners in the target namespace."""
         self.listener = subprocess.Popen(
             ["ip", "netns", "exec", self.dst, sys.executable, "-m", "tests.lab.listener", *map(str, ports)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.listener.stdout is not None
         line = self.listener.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"listener did not start: {line!r} {self.listener.stderr.read() if self.listener.stderr else ''}")
+            errors = self.listener.stderr.read() if self.listener.stderr else ""
+            raise RuntimeError(f"listener did not start: {line!r} {errors}")
 
     def down(self, quiet: bool = False) -> None:
         if self.listener is not None:

@@ -1,0 +1,224 @@
+"""The service as a real uvicorn process on loopback: endpoints, promtool-clean exposition, CLI codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Listeners, free_port
+from tests.test_engine import loopback_org, run_check
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        raise RuntimeError("promtool is missing: `make test` installs Debian's prometheus package")
+    return tool
+
+
+class Service:
+    def __init__(self, base: str, proc: subprocess.Popen[str]) -> None:
+        self.base = base
+        self.proc = proc
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.get(self.base + path, params=params, timeout=10)
+
+
+def start_service(args: list[str]) -> Service:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    service = Service(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if service.get("/-/ready").status_code == 200:
+                return service
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited: {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("service did not become ready")
+
+
+@pytest.fixture
+def service(tmp_path: Path, listeners: Listeners) -> Iterator[Service]:
+    inv = loopback_org("127.0.33.", servers=2)
+    # EX1 answers on every port but 2525; EX2 and the DC answer nothing (refused)
+    for port in (25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 64337):
+        listeners.open("127.0.33.1", port)
+    file = tmp_path / "inv.yaml"
+    file.write_text(yaml.safe_dump(inv))
+    svc = start_service(
+        [
+            "serve",
+            "--inventory",
+            str(file),
+            "--source",
+            "observer.test",
+            "--interval",
+            "2",
+            "--timeout",
+            "0.5",
+        ]
+    )
+    yield svc
+    svc.proc.terminate()
+    svc.proc.wait(10)
+
+
+def test_metrics_pass_promtool_and_carry_each_paths_state(service: Service) -> None:
+    response = service.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lint = subprocess.run(
+        [promtool(), "check", "metrics"], input=response.text, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    up = {(s.labels["target"], s.labels["port"]): s.value for s in families["exchange_path_up"].samples}
+    assert up[("ex1.loop.test", "443")] == 1.0
+    assert up[("ex1.loop.test", "2525")] == 0.0
+    assert up[("dc1.loop.test", "389")] == 0.0
+    state = {
+        (s.labels["target"], s.labels["port"], s.labels["state"]): s.value
+        for s in families["exchange_path_state"].samples
+    }
+    assert state[("ex1.loop.test", "2525", "refused")] == 1.0
+    assert state[("ex1.loop.test", "2525", "filtered")] == 0.0
+    sample = families["exchange_path_up"].samples[0]
+    assert set(sample.labels) == {
+        "source",
+        "source_site",
+        "target",
+        "target_site",
+        "target_role",
+        "port",
+        "proto",
+        "service",
+        "kind",
+    }
+    for name in (
+        "exchange_probes",
+        "exchange_probe_lag_seconds",
+        "exchange_inventory_members",
+        "exchange_build_info",
+        "exchange_path_connect_seconds",
+        "exchange_path_last_probe_timestamp_seconds",
+    ):
+        assert name in families, name
+    members = {
+        (s.labels["kind"], s.labels["site"]): s.value for s in families["exchange_inventory_members"].samples
+    }
+    assert members == {("exchange", "S"): 2.0, ("domain_controller", "S"): 1.0}
+
+
+def test_metrics_are_gzipped_when_asked(service: Service) -> None:
+    with httpx.stream("GET", service.base + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=10) as r:
+        assert r.headers.get("content-encoding") == "gzip"
+        body = b"".join(r.iter_raw())
+    assert b"exchange_path_up{" in gzip.decompress(body)
+    with httpx.stream("GET", service.base + "/metrics", headers={"Accept-Encoding": "identity"}) as plain:
+        assert "content-encoding" not in plain.headers
+        assert b"exchange_path_up{" in b"".join(plain.iter_raw())
+
+
+def test_paths_api_health_ready_landing_and_openapi(service: Service) -> None:
+    rows = service.get("/api/v1/paths").json()
+    row = next(r for r in rows if r["target"] == "ex1.loop.test" and r["port"] == 2525)
+    assert {
+        k: row[k]
+        for k in ("source", "target_site", "target_role", "proto", "service", "required", "state", "evidence")
+    } == {
+        "source": "observer.test",
+        "target_site": "S",
+        "target_role": "mailbox",
+        "proto": "tcp",
+        "service": "smtp-transport",
+        "required": True,
+        "state": "refused",
+        "evidence": "ECONNREFUSED",
+    }
+    assert row["last_probe"].endswith("+00:00") and isinstance(row["rtt_seconds"], float)
+    refused = service.get("/api/v1/paths", params={"state": "refused", "target": "ex1.loop.test"}).json()
+    assert [r["port"] for r in refused] == [2525]
+    assert service.get("/api/v1/paths", params={"state": "bogus"}).status_code == 422
+    assert service.get("/-/healthy").text == "Healthy\n"
+    assert service.get("/-/ready").status_code == 200
+    landing = service.get("/").text
+    assert 'href="metrics"' in landing and "observer.test" in landing
+    spec = service.get("/openapi.json").json()
+    assert "/api/v1/paths" in spec["paths"]
+    assert service.get("/docs").status_code == 200
+
+
+def test_sigterm_stops_the_service_promptly(service: Service) -> None:
+    started = time.monotonic()
+    service.proc.terminate()
+    assert service.proc.wait(10) == 0
+    assert time.monotonic() - started < 8
+
+
+def test_check_exit_codes(tmp_path: Path, listeners: Listeners) -> None:
+    inv = loopback_org("127.0.34.", servers=1)
+    inv["domain_controllers"] = []
+    ports = {25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337}
+    for port in ports:
+        listeners.open("127.0.34.1", port)
+    # the only member is the target; an observer with everything open exits 0
+    ok = run_check(inv, tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert {r["port"] for r in json.loads(ok.stdout)} == ports
+    listeners.close()
+    bad = run_check(inv, tmp_path)
+    assert bad.returncode == 1
+    assert {r["state"] for r in json.loads(bad.stdout)} == {"refused"}
+    (tmp_path / "broken.yaml").write_text("organisation: x\nservers: [{name: a}]\n")
+    broken = subprocess.run(
+        [sys.executable, "-m", "exporter", "check", "--inventory", str(tmp_path / "broken.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert broken.returncode == 2
+    assert "servers[0] (a).fqdn: Field required" in broken.stderr
+
+
+def test_check_csv_and_table_outputs(tmp_path: Path, listeners: Listeners) -> None:
+    inv = loopback_org("127.0.35.", servers=1)
+    csv_out = run_check(inv, tmp_path, "--output", "csv")
+    header = csv_out.stdout.splitlines()[0].split(",")
+    assert header[:4] == ["source", "source_site", "target", "target_site"] and "evidence" in header
+    file = tmp_path / "inventory.yaml"
+    table = subprocess.run(
+        [sys.executable, "-m", "exporter", "check", "--inventory", str(file), "--source", "o"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert "ex1.loop.test (mailbox, site S): 0/14 open" in table.stdout
+    assert "required path(s) NOT open" in table.stdout
