@@ -41,7 +41,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def targets_of(paths: Sequence[Path]) -> list[Target]:
-    return [Target(p.address or p.target, p.port, p.check) for p in paths]
+    return [Target(p.address or p.target, p.port, p.check, p.target) for p in paths]
 
 
 class Prober:

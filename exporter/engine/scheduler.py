@@ -37,9 +37,10 @@ FD_RESERVE = 64  # fds kept free for the HTTP server, logs, the state file
 class Target:
     """What the engine needs of a Path: where to connect and which check proves it."""
 
-    host: str  # address or name
+    host: str  # address or name to connect to
     port: int
     check: str = "tcp"
+    name: str = ""  # the target's FQDN (for SNI, Host headers, realms, expected names in replies)
 
 
 #: a protocol check: (resolved address, target, per-attempt timeout, attempts) -> Outcome

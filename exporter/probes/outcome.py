@@ -37,6 +37,12 @@ class Outcome:
     rtt: float | None = None  # seconds to the answer (SYN-ACK, RST, ICMP, reply) or to giving up
     evidence: str = ""  # errno name / WSAE code, "timeout x3", banner line...
     attempts: int = 1
+    #: protocol facts for the API, bounded and sanitised by the probe: ("banner", "220 ex01 ..."),
+    #: ("krb_error", "KDC_ERR_PREAUTH_REQUIRED"), ("http_status", "200"), ("dc_flags", "GC|LDAP|..."),
+    #: ("starttls", "offered")...
+    details: tuple[tuple[str, str], ...] = ()
+    #: not-after of the peer's TLS certificate (unix time), when the check saw one
+    cert_expiry: float | None = None
 
 
 # Windows Sockets error codes, so an agent on an Exchange server classifies the same way.
