@@ -45,7 +45,7 @@ def targets_of(paths: Sequence[Path]) -> list[Target]:
 
 
 class Prober:
-    """Start, stop, and read the state of continuous probing of one plan."""
+    """Start, stop, re-plan, and read the state of continuous probing."""
 
     def __init__(
         self,
@@ -59,31 +59,34 @@ class Prober:
         self.inventory = inventory
         self.source = source
         self.settings = settings
-        self.table = PathTable(paths)
         self.checks = checks or {}
-        self.engine = Engine(
-            targets_of(paths),
-            self.table,
-            interval=settings.interval,
-            timeout=settings.timeout,
-            attempts=settings.attempts,
-            max_concurrency=settings.max_concurrency,
-            checks=self.checks,
-            tick=settings.tick,
-            seed=source,
-        )
+        self.stats = EngineStats()
+        self.table = PathTable(paths)
+        self.engine = self._engine_for(self.table)
+        self.plan_changes = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: asyncio.Future[None] | None = None
         self.started = time.time()
 
-    @property
-    def stats(self) -> EngineStats:
-        return self.engine.stats
+    def _engine_for(self, table: PathTable) -> Engine:
+        return Engine(
+            targets_of(table.paths),
+            table,
+            interval=self.settings.interval,
+            timeout=self.settings.timeout,
+            attempts=self.settings.attempts,
+            max_concurrency=self.settings.max_concurrency,
+            checks=self.checks,
+            tick=self.settings.tick,
+            seed=self.source,
+            stats=self.stats,
+        )
 
     @property
     def ready(self) -> bool:
-        """True once every planned path has been probed at least once."""
-        return self.engine.stats.completed_paths >= len(self.table)
+        """True once every planned path has a result (carried over from an earlier plan or new)."""
+        return self.table.probed >= len(self.table)
 
     def start(self) -> None:
         started = threading.Event()
@@ -92,11 +95,10 @@ class Prober:
             loop = new_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            self._runner = loop.create_task(self.engine.run())
             started.set()
             try:
-                loop.run_until_complete(self.engine.run())
-            except Exception:
-                log.exception("the prober loop stopped on an error")
+                loop.run_forever()
             finally:
                 loop.close()
 
@@ -104,7 +106,37 @@ class Prober:
         self._thread.start()
         started.wait(5.0)
 
+    def replace_plan(self, inventory: Inventory, paths: Sequence[Path], timeout: float = 10.0) -> None:
+        """Swap in a new plan; results of paths that stay are kept, in-flight probes of the old plan
+        are abandoned (never reported). Safe to call from any thread."""
+        table = PathTable(paths, previous=self.table)
+        engine = self._engine_for(table)
+
+        async def swap() -> None:
+            old_engine, old_runner = self.engine, self._runner
+            old_engine.stop()
+            if old_runner is not None:
+                await asyncio.gather(old_runner, return_exceptions=True)
+            self.inventory, self.table, self.engine = inventory, table, engine
+            self.plan_changes += 1
+            self._runner = asyncio.get_running_loop().create_task(engine.run())
+
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            self.inventory, self.table, self.engine = inventory, table, engine
+            return
+        asyncio.run_coroutine_threadsafe(swap(), self._loop).result(timeout)
+        log.info("plan replaced: %d paths (%d kept with their results)", len(table), table.probed)
+
     def stop(self, timeout: float = 5.0) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.engine.stop)
-            self._thread.join(timeout)
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+
+        async def drain() -> None:
+            self.engine.stop()
+            if self._runner is not None:
+                await asyncio.gather(self._runner, return_exceptions=True)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(drain(), loop)
+        thread.join(timeout)

@@ -80,7 +80,7 @@ class EngineStats:
     cycles: int = 0
     lag_max_recent: float = 0.0  # max launch lag over the last lag window
     lag_last: float = 0.0
-    completed_paths: int = 0  # paths with at least one outcome
+    completed_paths: int = 0  # paths of the current plans given a first outcome, over all plans
     started_at: float = 0.0
 
 
@@ -102,6 +102,7 @@ class Engine:
         jitter: float = 0.5,
         seed: str = "",
         resolver: Resolver | None = None,
+        stats: EngineStats | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0 or attempts < 1:
             raise ValueError("interval and timeout must be > 0 and attempts >= 1")
@@ -115,7 +116,8 @@ class Engine:
         self.tick = tick
         self.once = once
         self.resolver = resolver or Resolver()
-        self.stats = EngineStats()
+        # shared across plan changes, so counters never go backwards
+        self.stats = stats or EngineStats()
         self._order = self._spread(len(self.targets), jitter, seed)
         self._cursor = 0
         self._cycle_start = 0.0
@@ -129,6 +131,7 @@ class Engine:
         self._finished: asyncio.Future[None] | None = None
         self._stopping = False
         self._launched_once = 0
+        self._completed = 0
 
     # ---- schedule -------------------------------------------------------------------------------
     def _spread(self, n: int, jitter: float, seed: str) -> list[tuple[float, int]]:
@@ -143,7 +146,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._finished = loop.create_future()
-        self.stats.started_at = time.time()
+        self.stats.started_at = self.stats.started_at or time.time()
         self._cycle_start = time.monotonic()
         if not self.targets and self.once:
             return
@@ -176,7 +179,7 @@ class Engine:
         now = time.monotonic()
         self._expire(now)
         self._launch_due(now)
-        if self.once and self.stats.completed_paths >= len(self.targets) and self.stats.in_flight == 0:
+        if self.once and self._completed >= len(self.targets) and self.stats.in_flight == 0:
             self.stop()
             return
         # update the recent-lag window
@@ -358,5 +361,6 @@ class Engine:
         self.stats.probes[outcome.state.value] += 1
         if not self._seen[attempt.index]:
             self._seen[attempt.index] = 1
+            self._completed += 1
             self.stats.completed_paths += 1
         self.sink.record(attempt.index, outcome, time.time())

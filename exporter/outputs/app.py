@@ -44,7 +44,7 @@ def create_app(prober: Prober) -> FastAPI:
     async def ready() -> Response:
         if prober.ready:
             return Response("Ready\n", media_type="text/plain")
-        done, total = prober.stats.completed_paths, len(prober.table)
+        done, total = prober.table.probed, len(prober.table)
         return Response(
             f"Not ready: {done} of {total} paths probed\n", status_code=503, media_type="text/plain"
         )

@@ -10,7 +10,6 @@ so a scrape never sees half of an update.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -72,12 +71,18 @@ class PathResult:
 class PathTable:
     """Results for a fixed list of paths (replace the table when the plan changes)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], previous: PathTable | None = None) -> None:
         self.paths = list(paths)
         self._labels = [label_string(p) for p in self.paths]
         self._results: list[PathResult | None] = [None] * len(self.paths)
         self._state_cache: list[tuple[State, str, str] | None] = [None] * len(self.paths)
-        self.changed = threading.Event()
+        self.probed = 0  # paths with at least one result
+        if previous is not None:
+            carried = {p.key: r for p, r in previous.items() if r is not None}
+            for index, path in enumerate(self.paths):
+                old = carried.get(path.key)
+                if old is not None:  # re-recorded, so the cached lines carry the new labels
+                    self.record(index, old.outcome, old.wall)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,6 +99,8 @@ class PathTable:
             cached = (outcome.state, up, states)
             self._state_cache[index] = cached
         rtt = outcome.rtt if outcome.rtt is not None else math.nan
+        if self._results[index] is None:
+            self.probed += 1
         self._results[index] = PathResult(
             outcome,
             wall,
