@@ -80,6 +80,40 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _state_flags(parser: argparse.ArgumentParser, default_state: str | None) -> None:
+    parser.add_argument(
+        "--state-file",
+        default=default_state,
+        metavar="PATH",
+        help="SQLite baseline of what each path has been (default: /var/lib/exchange-firewall-exporter/"
+        "state.sqlite when writable, else the user's state directory; '' keeps it in memory)",
+    )
+    parser.add_argument(
+        "--block-after",
+        type=int,
+        default=3,
+        metavar="K",
+        help="non-open probes in a row before a path is blocked (default 3)",
+    )
+    parser.add_argument(
+        "--recover-after", type=int, default=1, metavar="N", help="open probes before it recovers (default 1)"
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=_positive,
+        default=30.0,
+        help="a blocked path is 'newly blocked' when seen open within this many days (default 30)",
+    )
+    parser.add_argument(
+        "--confirm-delay",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="re-probe a path this soon after it stops (or starts) answering, instead of waiting an "
+        "interval, so a change is confirmed in seconds (default 1; 0 disables)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-firewall-exporter",
@@ -101,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
     demo.add_argument("--interval", type=_positive, default=15.0)
+    for sub_parser, default_state in ((serve, None), (demo, "")):
+        _state_flags(sub_parser, default_state)
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
     _common(check)
     check.add_argument("--output", choices=["table", "json", "csv"], default="table")
@@ -157,6 +193,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from exporter import demo as demo_org
     from exporter.outputs.app import create_app
     from exporter.prober import Prober, ProbeSettings
+    from exporter.state.baseline import Baseline, default_state_file
+    from exporter.state.tracker import Tracker
 
     is_demo = args.command == "demo" or not args.inventory
     inventory, source, paths = _inventory_and_plan(args, is_demo)
@@ -171,7 +209,16 @@ def run_serve(args: argparse.Namespace) -> int:
             *demo_org.CLOSED,
         )
     settings = ProbeSettings(args.interval, args.timeout, args.attempts, args.max_concurrency)
-    prober = Prober(inventory, paths, settings, source=source)
+    state_file = default_state_file() if args.state_file is None else (args.state_file or None)
+    store = Baseline(state_file)
+    store.start()
+    tracker = Tracker(
+        store, k=args.block_after, recover=args.recover_after, retention=args.retention_days * 86400
+    )
+    log.info("baseline: %s", state_file or "in memory")
+    prober = Prober(
+        inventory, paths, settings, source=source, tracker=tracker, confirm_delay=max(0.0, args.confirm_delay)
+    )
     log.info(
         "source %s: %d paths to %d members, every %gs, up to %d in flight",
         source,
@@ -197,6 +244,7 @@ def run_serve(args: argparse.Namespace) -> int:
         server.run()
     finally:
         prober.stop()
+        store.close()
         if listeners is not None:
             listeners.stop()
     return 0

@@ -17,8 +17,13 @@ from exporter.engine.scheduler import Check, Engine, EngineStats, Target
 from exporter.inventory.model import Inventory
 from exporter.outputs.pathtable import PathTable
 from exporter.plan.planner import Path
+from exporter.probes.outcome import Outcome, State
+from exporter.state.baseline import Status
+from exporter.state.tracker import Tracker
 
 log = logging.getLogger(__name__)
+
+EXPIRE_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,33 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+class _Recorder:
+    """The engine's sink for one plan: hysteresis first, then the table (with the hysteresis view), and a
+    quick confirmation probe when a path that was open stops answering."""
+
+    def __init__(self, table: PathTable, tracker: Tracker | None, confirm_delay: float) -> None:
+        self.table = table
+        self.tracker = tracker
+        self.confirm_delay = confirm_delay
+        self.engine: Engine | None = None
+
+    def record(self, index: int, outcome: Outcome, wall: float) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            self.table.record(index, outcome, wall)
+            return
+        tracker.observe(index, outcome, wall)
+        status = tracker.view(index)
+        self.table.record(index, outcome, wall, status)
+        confirming = (
+            status.status is Status.OPEN
+            and outcome.state.is_block
+            and status.consecutive_non_open < tracker.k
+        ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
+        if confirming and self.engine is not None and self.confirm_delay > 0:
+            self.engine.expedite(index, self.confirm_delay)
+
+
 def targets_of(paths: Sequence[Path]) -> list[Target]:
     return [Target(p.address or p.target, p.port, p.check, p.target) for p in paths]
 
@@ -55,12 +87,18 @@ class Prober:
         *,
         source: str,
         checks: dict[str, Check] | None = None,
+        tracker: Tracker | None = None,
+        confirm_delay: float = 1.0,
     ) -> None:
         self.inventory = inventory
         self.source = source
         self.settings = settings
         self.checks = checks or {}
+        self.tracker = tracker
+        self.confirm_delay = confirm_delay
         self.stats = EngineStats()
+        if tracker is not None:
+            tracker.set_plan(paths)
         self.table = PathTable(paths)
         self.engine = self._engine_for(self.table)
         self.plan_changes = 0
@@ -70,9 +108,10 @@ class Prober:
         self.started = time.time()
 
     def _engine_for(self, table: PathTable) -> Engine:
-        return Engine(
+        recorder = _Recorder(table, self.tracker, self.confirm_delay)
+        engine = Engine(
             targets_of(table.paths),
-            table,
+            recorder,
             interval=self.settings.interval,
             timeout=self.settings.timeout,
             attempts=self.settings.attempts,
@@ -82,6 +121,8 @@ class Prober:
             seed=self.source,
             stats=self.stats,
         )
+        recorder.engine = engine
+        return engine
 
     @property
     def ready(self) -> bool:
@@ -96,6 +137,7 @@ class Prober:
             self._loop = loop
             asyncio.set_event_loop(loop)
             self._runner = loop.create_task(self.engine.run())
+            loop.call_later(EXPIRE_EVERY, self._housekeeping)
             started.set()
             try:
                 loop.run_forever()
@@ -117,15 +159,29 @@ class Prober:
             old_engine.stop()
             if old_runner is not None:
                 await asyncio.gather(old_runner, return_exceptions=True)
+            if self.tracker is not None:
+                self.tracker.set_plan(table.paths)
             self.inventory, self.table, self.engine = inventory, table, engine
             self.plan_changes += 1
             self._runner = asyncio.get_running_loop().create_task(engine.run())
 
         if self._loop is None or self._thread is None or not self._thread.is_alive():
+            if self.tracker is not None:
+                self.tracker.set_plan(table.paths)
             self.inventory, self.table, self.engine = inventory, table, engine
             return
         asyncio.run_coroutine_threadsafe(swap(), self._loop).result(timeout)
         log.info("plan replaced: %d paths (%d kept with their results)", len(table), table.probed)
+
+    def _housekeeping(self) -> None:
+        """Age out paths that left the plan longer ago than the grace period."""
+        if self.tracker is not None:
+            try:
+                self.tracker.expire()
+            except Exception:
+                log.exception("expiring departed paths failed")
+        if self._loop is not None:
+            self._loop.call_later(EXPIRE_EVERY, self._housekeeping)
 
     def stop(self, timeout: float = 5.0) -> None:
         loop, thread = self._loop, self._thread

@@ -83,6 +83,8 @@ def service(tmp_path: Path, listeners: Listeners) -> Iterator[Service]:
             "2",
             "--timeout",
             "0.5",
+            "--state-file",
+            str(tmp_path / "state.sqlite"),
         ]
     )
     yield svc

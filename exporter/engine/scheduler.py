@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import resource
@@ -69,6 +70,7 @@ class _Attempt:
     deadline: float = 0.0
     done: bool = False
     resolved: Resolved | None = None
+    extra: bool = False  # an out-of-schedule confirmation probe: not counted in the lag
 
 
 @dataclass
@@ -126,6 +128,9 @@ class Engine:
         self._tasks: set[asyncio.Future[None]] = set()
         self._seen = bytearray(len(self.targets))
         self._lag_window: deque[tuple[float, float]] = deque()
+        # extra probes asked for out of schedule (confirming a change), at most one per path
+        self._extra: list[tuple[float, int]] = []
+        self._extra_pending: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._finished: asyncio.Future[None] | None = None
@@ -178,6 +183,7 @@ class Engine:
             return
         now = time.monotonic()
         self._expire(now)
+        self._launch_extra(now)
         self._launch_due(now)
         if self.once and self._completed >= len(self.targets) and self.stats.in_flight == 0:
             self.stop()
@@ -187,6 +193,20 @@ class Engine:
             self._lag_window.popleft()
         self.stats.lag_max_recent = max((lag for _t, lag in self._lag_window), default=0.0)
         self._handle = self._loop.call_at(now + self.tick, self._tick)
+
+    def expedite(self, index: int, delay: float) -> None:
+        """Probe path `index` again after `delay` seconds, outside its schedule: a path that just stopped
+        answering is confirmed (or cleared) in seconds instead of intervals. Call on the engine's loop."""
+        if index in self._extra_pending or self._stopping or self.once:
+            return
+        self._extra_pending.add(index)
+        heapq.heappush(self._extra, (time.monotonic() + delay, index))
+
+    def _launch_extra(self, now: float) -> None:
+        while self._extra and self._extra[0][0] <= now and self.stats.in_flight < self.limit:
+            due, index = heapq.heappop(self._extra)
+            self._extra_pending.discard(index)
+            self._start(_Attempt(index, 1, due, extra=True), now)
 
     def _launch_due(self, now: float) -> None:
         # first what was held back, then what came due since the last tick
@@ -217,7 +237,7 @@ class Engine:
     # ---- one attempt ----------------------------------------------------------------------------
     def _start(self, attempt: _Attempt, now: float) -> None:
         target = self.targets[attempt.index]
-        if attempt.attempt == 1:
+        if attempt.attempt == 1 and not attempt.extra:
             lag = max(0.0, now - attempt.due)
             self.stats.lag_last = lag
             self._lag_window.append((now, lag))
@@ -300,7 +320,9 @@ class Engine:
             self._inflight.popleft()
             self._release(head)
             if head.attempt < self.attempts:
-                retry = _Attempt(head.index, head.attempt + 1, head.due, resolved=head.resolved)
+                retry = _Attempt(
+                    head.index, head.attempt + 1, head.due, resolved=head.resolved, extra=head.extra
+                )
                 self._start(retry, now)
             else:
                 self._finish(head, tcp.filtered(self.timeout, self.attempts))

@@ -9,6 +9,8 @@ from pydantic import BaseModel
 
 from exporter.outputs.pathtable import PathResult
 from exporter.plan.planner import Path
+from exporter.state.baseline import Classification, PathStatus, Transition
+from exporter.state.tracker import Verdict
 
 
 class PathView(BaseModel):
@@ -30,6 +32,46 @@ class PathView(BaseModel):
     rtt_seconds: float | None
     attempts: int | None
     last_probe: str | None  # RFC 3339, UTC
+    details: dict[str, str]
+    status: str | None  # hysteresis: pending, open, blocked (None without a tracker)
+    classification: str | None  # pending, ok, recovered, newly_blocked, never_open
+    blocked: bool | None
+    newly_blocked: bool | None
+    state_since: str | None
+    first_probe: str | None
+    first_open: str | None
+    last_open: str | None
+    consecutive_non_open: int | None
+
+
+class ChangeView(BaseModel):
+    """One hysteresis transition of one path."""
+
+    time: str
+    path: str  # source|target|port|proto|check
+    from_status: str
+    to_status: str
+    classification: str
+    evidence: str
+
+
+class VerdictView(BaseModel):
+    """Microsoft's rule for one source: every required Exchange-Exchange and Exchange-DC path open."""
+
+    source: str
+    compliant: bool | None  # None: not yet determined
+    required: int
+    open: int
+    blocked: int
+    unknown: int
+    offending: list[str]  # target:port/proto of blocked required paths
+    undetermined: list[str]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def path_view(path: Path, result: PathResult | None) -> dict[str, Any]:
@@ -50,9 +92,63 @@ def path_view(path: Path, result: PathResult | None) -> dict[str, Any]:
         "evidence": outcome.evidence if outcome else "",
         "rtt_seconds": round(outcome.rtt, 6) if outcome and outcome.rtt is not None else None,
         "attempts": outcome.attempts if outcome else None,
-        "last_probe": (
-            dt.datetime.fromtimestamp(result.wall, dt.UTC).isoformat(timespec="milliseconds")
-            if result
-            else None
-        ),
+        "last_probe": iso(result.wall) if result else None,
+        "details": dict(outcome.details) if outcome else {},
+        **status_view(result.status if result else None),
+    }
+
+
+def status_view(status: PathStatus | None) -> dict[str, Any]:
+    if status is None:
+        return dict.fromkeys(_STATUS_FIELDS)
+    return {
+        "status": status.status.value,
+        "classification": status.classification.value,
+        "blocked": status.blocked,
+        "newly_blocked": status.blocked and status.classification is Classification.NEWLY_BLOCKED,
+        "state_since": iso(status.state_since),
+        "first_probe": iso(status.first_probe),
+        "first_open": iso(status.first_open),
+        "last_open": iso(status.last_open),
+        "consecutive_non_open": status.consecutive_non_open,
+    }
+
+
+_STATUS_FIELDS = (
+    "status",
+    "classification",
+    "blocked",
+    "newly_blocked",
+    "state_since",
+    "first_probe",
+    "first_open",
+    "last_open",
+    "consecutive_non_open",
+)
+
+
+def change_view(change: Transition) -> dict[str, Any]:
+    return {
+        "time": iso(change.time),
+        "path": change.key,
+        "from_status": change.from_status.value,
+        "to_status": change.to_status.value,
+        "classification": change.classification.value,
+        "evidence": change.evidence,
+    }
+
+
+def verdict_view(source: str, verdict: Verdict) -> dict[str, Any]:
+    def name(path: Path) -> str:
+        return f"{path.target}:{path.port}/{path.proto}"
+
+    return {
+        "source": source,
+        "compliant": verdict.compliant,
+        "required": verdict.required,
+        "open": verdict.open,
+        "blocked": verdict.blocked,
+        "unknown": verdict.unknown,
+        "offending": [name(p) for p in verdict.offending],
+        "undetermined": [name(p) for p in verdict.undetermined],
     }

@@ -11,11 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
 from exporter.outputs import metrics
-from exporter.outputs.api import PathView, path_view
+from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
 from exporter.prober import Prober
 from exporter.probes.outcome import State
 
 MAX_PATHS_PAGE = 100_000
+MAX_CHANGES_PAGE = 10_000
 
 
 def create_app(prober: Prober) -> FastAPI:
@@ -68,6 +69,34 @@ def create_app(prober: Prober) -> FastAPI:
             if len(out) >= limit:
                 break
         return JSONResponse(out)
+
+    @app.get(
+        "/api/v1/changes",
+        response_model=list[ChangeView],
+        summary="Hysteresis transitions (blocked, recovered) with evidence, newest first",
+    )
+    async def changes(
+        since: Annotated[float, Query(ge=0, description="unix time; only changes after it")] = 0.0,
+        limit: Annotated[int, Query(ge=1, le=MAX_CHANGES_PAGE)] = 100,
+    ) -> JSONResponse:
+        tracker = prober.tracker
+        rows = [] if tracker is None else [change_view(c) for c in tracker.changes(since, limit)]
+        return JSONResponse(rows)
+
+    @app.get(
+        "/api/v1/verdict",
+        response_model=list[VerdictView],
+        summary="Microsoft's supportability rule per source, and overall",
+    )
+    async def verdict() -> JSONResponse:
+        tracker = prober.tracker
+        if tracker is None:
+            return JSONResponse([])
+        per_source = await run_in_threadpool(tracker.verdicts)
+        overall = await run_in_threadpool(tracker.verdict)
+        rows = [verdict_view(source, v) for source, v in sorted(per_source.items())]
+        rows.append(verdict_view("*", overall))
+        return JSONResponse(rows)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import platform
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -19,8 +20,10 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.prober import Prober
+from exporter.state.tracker import Verdict
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+VERDICT_TTL = 5.0
 
 
 class ExporterCollector(Collector):
@@ -28,6 +31,7 @@ class ExporterCollector(Collector):
 
     def __init__(self, prober: Prober) -> None:
         self.prober = prober
+        self._verdict_cache: tuple[float, dict[str, Verdict]] | None = None
 
     def collect(self) -> Iterable[Metric]:
         prober = self.prober
@@ -86,6 +90,54 @@ class ExporterCollector(Collector):
             "1 once every planned path has been probed at least once.",
             value=1 if prober.ready else 0,
         )
+        tracker = prober.tracker
+        if tracker is None:
+            return
+        changes = CounterMetricFamily(
+            "exchange_path_changes",
+            "Hysteresis transitions of paths (pending/open -> blocked, blocked -> open).",
+            labels=["from", "to"],
+        )
+        for (old, new), count in sorted(tracker.transition_counts().items()):
+            changes.add_metric([old.value, new.value], count)
+        yield changes
+        compliant = GaugeMetricFamily(
+            "exchange_supportability_compliant",
+            "1 when every required Exchange-Exchange and Exchange-DC path from the source is open, 0 when "
+            "one is blocked; absent while undetermined (paths pending or only local errors).",
+            labels=["source"],
+        )
+        offending = GaugeMetricFamily(
+            "exchange_supportability_blocked_paths", "Required paths blocked, by source.", labels=["source"]
+        )
+        undetermined = GaugeMetricFamily(
+            "exchange_supportability_undetermined_paths",
+            "Required paths not yet judged (pending, or only our own errors lately), by source.",
+            labels=["source"],
+        )
+        for source, verdict in sorted(self._verdicts().items()):
+            if verdict.compliant is not None:
+                compliant.add_metric([source], 1 if verdict.compliant else 0)
+            offending.add_metric([source], verdict.blocked)
+            undetermined.add_metric([source], verdict.unknown)
+        yield compliant
+        yield offending
+        yield undetermined
+        yield GaugeMetricFamily(
+            "exchange_state_store_healthy",
+            "1 when the baseline file is being written; 0 when writes fail (probing goes on in memory).",
+            value=1 if tracker.store.healthy else 0,
+        )
+
+    def _verdicts(self) -> dict[str, Verdict]:
+        """Verdicts are O(paths): computed at most every VERDICT_TTL seconds, whatever the scrape rate."""
+        now = time.monotonic()
+        cached = self._verdict_cache
+        if cached is None or now - cached[0] > VERDICT_TTL:
+            assert self.prober.tracker is not None
+            cached = (now, self.prober.tracker.verdicts())
+            self._verdict_cache = cached
+        return cached[1]
 
 
 def build_registry(prober: Prober) -> CollectorRegistry:

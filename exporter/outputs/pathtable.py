@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from exporter.plan.planner import Path
 from exporter.probes.outcome import STATES, Outcome, State
+from exporter.state.baseline import Classification, PathStatus, Status
 
 LABELS = ("source", "source_site", "target", "target_site", "target_role", "port", "proto", "service", "kind")
 
@@ -28,6 +30,32 @@ FAMILIES = (
     ),
     ("exchange_path_connect_seconds", "gauge", "Time of the last probe: to the answer, or to giving up."),
     ("exchange_path_last_probe_timestamp_seconds", "gauge", "Unix time of the last completed probe."),
+    (
+        "exchange_path_blocked",
+        "gauge",
+        "1 when the path is blocked after hysteresis (K non-open probes in a row), else 0.",
+    ),
+    (
+        "exchange_path_newly_blocked",
+        "gauge",
+        "1 when the path is blocked and was seen open within the retention window (page on this).",
+    ),
+    (
+        "exchange_path_state_since_timestamp_seconds",
+        "gauge",
+        "Unix time the path entered its current status (pending, open or blocked).",
+    ),
+    ("exchange_path_last_open_timestamp_seconds", "gauge", "Unix time the path was last seen open."),
+)
+_FIELDS = (
+    "up_line",
+    "state_lines",
+    "rtt_line",
+    "ts_line",
+    "blocked_line",
+    "newly_line",
+    "since_line",
+    "open_line",
 )
 
 
@@ -66,6 +94,11 @@ class PathResult:
     state_lines: str
     rtt_line: str
     ts_line: str
+    status: PathStatus | None = None  # the hysteresis view, when a tracker runs
+    blocked_line: str = ""
+    newly_line: str = ""
+    since_line: str = ""
+    open_line: str = ""
 
 
 class PathTable:
@@ -82,12 +115,12 @@ class PathTable:
             for index, path in enumerate(self.paths):
                 old = carried.get(path.key)
                 if old is not None:  # re-recorded, so the cached lines carry the new labels
-                    self.record(index, old.outcome, old.wall)
+                    self.record(index, old.outcome, old.wall, old.status)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def record(self, index: int, outcome: Outcome, wall: float) -> None:
+    def record(self, index: int, outcome: Outcome, wall: float, status: PathStatus | None = None) -> None:
         labels = self._labels[index]
         cached = self._state_cache[index]
         if cached is None or cached[0] is not outcome.state:
@@ -101,6 +134,16 @@ class PathTable:
         rtt = outcome.rtt if outcome.rtt is not None else math.nan
         if self._results[index] is None:
             self.probed += 1
+        blocked = newly = since = last_open = ""
+        if status is not None:
+            is_blocked = status.status is Status.BLOCKED
+            is_new = is_blocked and status.classification is Classification.NEWLY_BLOCKED
+            blocked = f"exchange_path_blocked{{{labels}}} {1 if is_blocked else 0}\n"
+            newly = f"exchange_path_newly_blocked{{{labels}}} {1 if is_new else 0}\n"
+            if status.state_since is not None:
+                since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
+            if status.last_open is not None:
+                last_open = f"exchange_path_last_open_timestamp_seconds{{{labels}}} {status.last_open:.3f}\n"
         self._results[index] = PathResult(
             outcome,
             wall,
@@ -108,6 +151,11 @@ class PathTable:
             cached[2],
             f"exchange_path_connect_seconds{{{labels}}} {_number(rtt)}\n",
             f"exchange_path_last_probe_timestamp_seconds{{{labels}}} {wall:.3f}\n",
+            status,
+            blocked,
+            newly,
+            since,
+            last_open,
         )
 
     def results(self) -> list[PathResult | None]:
@@ -121,9 +169,9 @@ class PathTable:
         """The four per-path families in the text exposition format (paths never probed are left out)."""
         snapshot = [r for r in self.results() if r is not None]
         parts: list[str] = []
-        for (name, kind, help_text), field in zip(
-            FAMILIES, ("up_line", "state_lines", "rtt_line", "ts_line"), strict=True
-        ):
-            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            parts.append("".join([getattr(r, field) for r in snapshot]))
+        for (name, kind, help_text), field in zip(FAMILIES, _FIELDS, strict=True):
+            body = "".join(map(attrgetter(field), snapshot))
+            if body:
+                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+                parts.append(body)
         return "".join(parts)

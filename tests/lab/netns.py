@@ -39,7 +39,7 @@ class RoutedLab:
     dst4: str = "10.251.2.2"
     src6: str = "fd51:1::1"
     dst6: str = "fd51:2::2"
-    listener: subprocess.Popen[str] | None = None
+    listeners: list[subprocess.Popen[str]] = field(default_factory=list)
 
     @property
     def rtr(self) -> str:
@@ -107,25 +107,26 @@ class RoutedLab:
         self.nft("flush chain inet fw forward")
 
     def listen(self, *ports: int) -> None:
-        """Start real listeners in the target namespace."""
-        self.listener = subprocess.Popen(
+        """Start real listeners in the target namespace (stopped by `down`)."""
+        listener = subprocess.Popen(
             ["ip", "netns", "exec", self.dst, sys.executable, "-m", "tests.lab.listener", *map(str, ports)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert self.listener.stdout is not None
-        line = self.listener.stdout.readline()
+        self.listeners.append(listener)
+        assert listener.stdout is not None
+        line = listener.stdout.readline()
         if line.strip() != "ready":
-            errors = self.listener.stderr.read() if self.listener.stderr else ""
+            errors = listener.stderr.read() if listener.stderr else ""
             raise RuntimeError(f"listener did not start: {line!r} {errors}")
 
     def down(self, quiet: bool = False) -> None:
-        if self.listener is not None:
-            self.listener.kill()
-            self.listener.wait(5)
-            self.listener = None
+        for listener in self.listeners:
+            listener.kill()
+            listener.wait(5)
+        self.listeners.clear()
         for args in (
             ["ip", "route", "del", "10.251.2.0/24"],
             ["ip", "-6", "route", "del", "fd51:2::/64"],
