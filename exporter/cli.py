@@ -114,6 +114,12 @@ def _state_flags(parser: argparse.ArgumentParser, default_state: str | None) -> 
     )
 
 
+def demo_break_default() -> float:
+    from exporter.demo import BREAK_AFTER
+
+    return BREAK_AFTER
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-firewall-exporter",
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
     demo.add_argument("--interval", type=_positive, default=15.0)
+    demo.add_argument(
+        "--demo-break-after",
+        type=_positive,
+        default=demo_break_default(),
+        metavar="SECONDS",
+        help="close one open listener after this long, to show a newly blocked path (default 60)",
+    )
     for sub_parser, default_state in ((serve, None), (demo, "")):
         _state_flags(sub_parser, default_state)
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
@@ -201,7 +214,9 @@ def run_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen_address(args.listen)
     listeners = None
     if is_demo:
-        listeners = demo_org.DemoListeners(paths)
+        listeners = demo_org.DemoListeners(
+            paths, break_after=getattr(args, "demo_break_after", demo_org.BREAK_AFTER)
+        )
         listeners.start()
         log.info(
             "demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",

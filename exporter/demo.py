@@ -2,7 +2,9 @@
 
 Four Exchange servers (2016, 2019, 2019, SE) and two domain controllers, each on its own loopback address,
 listening on every TCP port the plan probes, except one required port left closed on purpose (SE's
-Transport port 2525), so a newcomer sees one failing path within seconds of `make run`.
+Transport port 2525), so a newcomer sees one failing path within seconds of `make run`. A minute in, the
+demo closes one more listener that was open (EX19B's SMB, 445), so the newcomer also sees what a real
+firewall change looks like: a path that used to work, newly blocked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 DEMO_SOURCE = "monitor.demo.example"
 #: the one required port the demo leaves closed, as (address, port)
 CLOSED = ("127.0.10.14", 2525)
+#: the listener the demo closes after BREAK_AFTER seconds, to show a newly blocked path
+BREAKS = ("127.0.10.13", 445)
+BREAK_AFTER = 60.0
 
 
 def demo_inventory() -> Inventory:
@@ -70,10 +75,12 @@ def demo_inventory() -> Inventory:
 class DemoListeners:
     """TCP listeners for the demo's planned paths, on a thread of their own."""
 
-    def __init__(self, paths: Iterable[Path]) -> None:
+    def __init__(self, paths: Iterable[Path], break_after: float | None = None) -> None:
         self.endpoints = sorted(
             {(p.address or p.target, p.port) for p in paths if p.proto == "tcp"} - {CLOSED}
         )
+        self.break_after = break_after
+        self._by_endpoint: dict[tuple[str, int], asyncio.Server] = {}
         self.failed: list[tuple[str, int, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -104,10 +111,20 @@ class DemoListeners:
 
         for host, port in self.endpoints:
             try:
-                self._servers.append(await asyncio.start_server(accept, host, port, reuse_address=True))
+                server = await asyncio.start_server(accept, host, port, reuse_address=True)
+                self._servers.append(server)
+                self._by_endpoint[(host, port)] = server
             except OSError as exc:
                 hint = "ports below 1024 need root" if exc.errno == errno.EACCES else (exc.strerror or "")
                 self.failed.append((host, port, hint))
+
+        if self.break_after is not None and BREAKS in self._by_endpoint:
+            asyncio.get_running_loop().call_later(self.break_after, self._break)
+
+    def _break(self) -> None:
+        server = self._by_endpoint.pop(BREAKS)
+        server.close()
+        log.warning("demo: closed %s:%d on purpose, as a firewall change would", *BREAKS)
 
     def stop(self) -> None:
         if self._loop is not None:

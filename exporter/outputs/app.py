@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
-from exporter.outputs import metrics
+from exporter.outputs import matrix, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
 from exporter.prober import Prober
 from exporter.probes.outcome import State
@@ -98,6 +99,34 @@ def create_app(prober: Prober) -> FastAPI:
         rows.append(verdict_view("*", overall))
         return JSONResponse(rows)
 
+    def matrix_parts() -> tuple[matrix.Matrix, list[dict[str, object]]]:
+        rows = [path_view(path, result) for path, result in prober.table.items()]
+        tracker = prober.tracker
+        changes = [] if tracker is None else [change_view(c) for c in tracker.changes(0.0, 50)]
+        return matrix.build(rows), changes
+
+    @app.get("/matrix", response_class=HTMLResponse, include_in_schema=False)
+    async def matrix_page() -> HTMLResponse:
+        grid, changes = await run_in_threadpool(matrix_parts)
+        subtitle = (
+            f"{len(prober.table)} paths probed from {prober.source} every {prober.settings.interval:g}s"
+        )
+        return HTMLResponse(
+            matrix.render_page(grid, changes, title=prober.inventory.organisation, subtitle=subtitle)
+        )
+
+    @app.get("/matrix/fragment", include_in_schema=False)
+    async def matrix_fragment() -> JSONResponse:
+        grid, changes = await run_in_threadpool(matrix_parts)
+        return JSONResponse(
+            {
+                "table": matrix.render_table(grid),
+                "summary": matrix.summary(grid),
+                "changes": matrix.render_changes(changes),
+                "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+        )
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:
         return HTMLResponse(_landing(prober))
@@ -120,9 +149,11 @@ def _landing(prober: Prober) -> str:
 <h1>exchange-firewall-exporter</h1>
 <p>Organisation <b>{org}</b>, probing from <b>{source}</b>: {len(prober.table)} paths ({summary}).</p>
 <ul>
+<li><a href="matrix">Path matrix</a> (who reaches whom, with evidence and the change log)</li>
 <li><a href="metrics">Metrics</a> (Prometheus exposition)</li>
 <li><a href="api/v1/paths">Paths</a> (JSON: every path, its state and evidence)</li>
-<li><a href="api/v1/paths?state=filtered">Filtered paths</a></li>
+<li><a href="api/v1/paths?state=filtered">Filtered paths</a>, <a href="api/v1/changes">changes</a>,
+<a href="api/v1/verdict">supportability verdict</a></li>
 <li><a href="docs">API documentation</a> (OpenAPI)</li>
 <li><a href="-/healthy">Health</a> and <a href="-/ready">readiness</a></li>
 </ul>

@@ -1,0 +1,158 @@
+"""The matrix page in real headless Chromium: the cells for a known state, a filter, a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from exporter.outputs import matrix
+from tests.test_service import Service, start_service
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError("chromium is missing: `make test` installs Debian's chromium package")
+
+
+def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
+    """The DOM after the page's scripts ran (or a screenshot), from a fresh headless Chromium."""
+    args = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1400,700",
+        "--virtual-time-budget=3000",
+    ]
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+class Elements(HTMLParser):
+    """Every element with a data-target attribute: (tag, attributes, text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None], list[str]]] = []
+        self._open: list[list[str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if "data-target" in attributes and tag in ("td", "th"):
+            text: list[str] = []
+            self.found.append((tag, attributes, text))
+            self._open.append(text)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for text in self._open:
+            text.append(data)
+
+
+def elements(dom: str) -> list[tuple[str, dict[str, str | None], str]]:
+    parser = Elements()
+    parser.feed(dom)
+    return [(tag, attrs, " ".join("".join(text).split())) for tag, attrs, text in parser.found]
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Service]:
+    svc = start_service(["demo", "--interval", "1", "--timeout", "0.3", "--demo-break-after", "600"])
+
+    def blocked() -> bool:
+        rows = svc.get("/api/v1/paths", params={"target": "exse.demo.example"}).json()
+        return any(r["port"] == 2525 and r["status"] == "blocked" for r in rows)
+
+    import time
+
+    deadline = time.monotonic() + 30
+    while not blocked():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    yield svc
+    svc.proc.terminate()
+    svc.proc.wait(10)
+
+
+def test_matrix_renders_the_known_state_in_chromium(demo: Service, tmp_path: Path) -> None:
+    dom = browse(demo.base + "/matrix", tmp_path)
+    cells = {
+        attrs["data-target"]: (attrs["class"], text) for tag, attrs, text in elements(dom) if tag == "td"
+    }
+    assert cells["exse.demo.example"][0] == "cell v-never-open"
+    assert cells["exse.demo.example"][1].startswith("⊘ never open 1/14")  # icon and words, not colour only
+    assert "2525/tcp smtp-transport: refused ECONNREFUSED" in cells["exse.demo.example"][1]
+    for target in ("dc1.demo.example", "dc2.demo.example", "ex16a.demo.example", "ex19a.demo.example"):
+        assert cells[target][0] == "cell v-open", target
+    assert "80 paths: 1 never open, 79 open" in dom
+    assert "exse.demo.example 2525/tcp: pending → <b>blocked</b> (never_open)" in dom  # the change log
+
+
+def test_state_filter_hides_the_targets_without_that_state(demo: Service, tmp_path: Path) -> None:
+    dom = browse(demo.base + "/matrix?state=never-open", tmp_path)
+    headers = {attrs["data-target"]: "hidden" in attrs for tag, attrs, _ in elements(dom) if tag == "th"}
+    assert headers.pop("exse.demo.example") is False
+    assert headers and all(headers.values()), headers  # every other column hidden
+    site = browse(demo.base + "/matrix?site=Site-A", tmp_path)
+    visible = {
+        attrs["data-target"] for tag, attrs, _ in elements(site) if tag == "th" and "hidden" not in attrs
+    }
+    assert visible == {"dc1.demo.example", "ex16a.demo.example", "ex19a.demo.example"}
+
+
+def test_matrix_screenshot_is_saved_as_an_artifact(demo: Service, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "matrix.png"
+    shot.unlink(missing_ok=True)
+    browse(demo.base + "/matrix", tmp_path, screenshot=shot)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_hostile_names_are_escaped_in_the_page() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    grid = matrix.build(
+        [
+            {
+                "source": evil,
+                "source_site": evil,
+                "target": evil + ".t",
+                "target_site": "s'\"",
+                "target_role": evil,
+                "port": 1,
+                "proto": "tcp",
+                "service": "x",
+                "state": "refused",
+                "evidence": evil,
+                "status": "blocked",
+                "classification": "newly_blocked",
+            },
+        ]
+    )
+    page = matrix.render_page(
+        grid, [{"path": f"{evil}|b|1|tcp|tcp", "evidence": evil}], title=evil, subtitle=evil
+    )
+    assert "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
