@@ -25,7 +25,9 @@ system-deps:
 	scripts/system-deps.sh test
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff check exporter tests bench dashboards
+	$(BIN)/ruff format --check exporter tests bench dashboards
+	$(BIN)/python -m dashboards.build --check
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -6,6 +6,7 @@ Also runs every PromQL expression shipped in alerts/ and dashboards/ against tha
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,10 +121,17 @@ def promql_expressions() -> list[tuple[str, str]]:
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
+            if isinstance(node.get("title"), str) and "targets" in node:
+                where = f"{where.split(':')[0]}:{node['title']}"
             if isinstance(node.get("expr"), str) and node["expr"].strip():
                 found.append((where, node["expr"]))
             if isinstance(node.get("query"), str) and node.get("type") == "query":
-                found.append((where, node["query"]))
+                # a template variable: Grafana's label_values(metric, label) is `count by (label) (metric)`
+                match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", node["query"].strip())
+                assert match, node["query"]
+                found.append(
+                    (f"{where.split(':')[0]}:${node['name']}", f"count by ({match[2]}) ({match[1]})")
+                )
             for value in node.values():
                 walk(value, where)
         elif isinstance(node, list):
@@ -227,24 +235,26 @@ def test_a_firewall_change_pages_once_with_evidence_and_resolves(stack: Stack) -
         "exchange-firewall.rules.yml:exchange:probes:rate5m",
         "exchange-firewall.rules.yml:ExchangeRequiredPathNewlyBlocked",
         "exchange-firewall.rules.yml:ExchangeNotSupportable",
+        "overview.json:Supportability (worst source)",
+        "overview.json:Newly blocked required paths",
+        "overview.json:Site pairs: blocked of all paths",
+        "overview.json:Blocked paths, with how they fail",
+        "server-detail.json:Open (1) / not (0) per source and port",
+        "prober-health.json:Probes per second by result",
+        "prober-health.json:In flight / limit",
+        "overview.json:$source_site",
+        "overview.json:$target_site",
+        "overview.json:$source",
+        "server-detail.json:$server",
     }
     expressions = promql_expressions()
     assert len(expressions) >= 20
     empty = []
     for where, expr in expressions:
         expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
-        for name in (
-            "site",
-            "source",
-            "target",
-            "role",
-            "source_site",
-            "target_site",
-            "kind",
-            "job",
-            "instance",
-        ):
-            expr = expr.replace(f"${name}", ".*")
+        for name in ("source_site", "target_site", "datasource", "instance", "source", "server", "role"):
+            expr = expr.replace(f"${name}", ".*")  # longest first: $source must not eat $source_site
+        assert "$" not in expr.replace("$__", ""), (where, expr)
         reply = stack.prom.query(expr)
         assert reply["status"] == "success", (where, expr, reply)
         if not reply["data"]["result"]:
