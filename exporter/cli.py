@@ -12,11 +12,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from exporter import __version__
 from exporter.errors import ConfigError
+from exporter.inventory.discover_cli import (
+    add_directory_arguments,
+    add_discover_arguments,
+    settings_from_args,
+    wants_directory,
+)
 from exporter.inventory.model import Inventory
 from exporter.inventory.static import load_inventory
 from exporter.plan.planner import Path, Vantage, plan
@@ -54,6 +60,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="this agent's identity, an inventory member's FQDN or name "
         "(default: this host's FQDN; a name outside the inventory makes an observer)",
+    )
+    parser.add_argument(
+        "--source-site",
+        default=None,
+        metavar="SITE",
+        help="this agent's AD site, for an agent outside the inventory (members take theirs from it)",
     )
     parser.add_argument(
         "--vantage",
@@ -137,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to serve on (default {DEFAULT_LISTEN})",
     )
     serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
+    add_directory_arguments(serve)
+    serve.add_argument(
+        "--discovery-interval",
+        type=_positive,
+        default=900.0,
+        metavar="SECONDS",
+        help="re-read Active Directory this often (default 900); used with --ldap-url or --domain",
+    )
+    discover = sub.add_parser(
+        "discover",
+        help="read the organisation from Active Directory (a table, json, or an inventory file with "
+        "--output yaml)",
+    )
+    add_discover_arguments(discover)
     demo = sub.add_parser("demo", help="serve the built-in demo organisation with real loopback listeners")
     _common(demo)
     demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
@@ -168,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "discover":
+            from exporter.inventory.discover_cli import run_discover
+
+            return run_discover(args)
         if args.command == "check":
             return run_check(args)
         return run_serve(args)
@@ -176,10 +206,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _inventory_and_plan(args: argparse.Namespace, demo: bool) -> tuple[Inventory, str, list[Path]]:
+def _planner(args: argparse.Namespace, source: str) -> Callable[[Inventory], list[Path]]:
+    vantage = Vantage(args.vantage) if args.vantage else None
+
+    def planner(inventory: Inventory) -> list[Path]:
+        return plan(
+            inventory,
+            source,
+            vantage=vantage,
+            checks=AVAILABLE_CHECKS,
+            optional_services=frozenset(args.enable_service),
+            source_site=args.source_site,
+        )
+
+    return planner
+
+
+def _inventory_and_plan(
+    args: argparse.Namespace, demo: bool, discovered: Inventory | None = None
+) -> tuple[Inventory, str, list[Path]]:
     from exporter import demo as demo_org
 
-    if demo or not args.inventory:
+    if discovered is not None:
+        inventory = discovered
+        source = args.source or socket.getfqdn()
+    elif demo or not args.inventory:
         inventory = demo_org.demo_inventory()
         source = args.source or demo_org.DEMO_SOURCE
     else:
@@ -189,15 +240,7 @@ def _inventory_and_plan(args: argparse.Namespace, demo: bool) -> tuple[Inventory
         raise ConfigError("--attempts must be at least 1", fix="use 3, as PortQry does")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError("--max-concurrency must be at least 1", fix="leave it unset to derive it")
-    vantage = Vantage(args.vantage) if args.vantage else None
-    paths = plan(
-        inventory,
-        source,
-        vantage=vantage,
-        checks=AVAILABLE_CHECKS,
-        optional_services=frozenset(args.enable_service),
-    )
-    return inventory, source, paths
+    return inventory, source, _planner(args, source)(inventory)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -209,9 +252,22 @@ def run_serve(args: argparse.Namespace) -> int:
     from exporter.state.baseline import Baseline, default_state_file
     from exporter.state.tracker import Tracker
 
-    is_demo = args.command == "demo" or not args.inventory
-    inventory, source, paths = _inventory_and_plan(args, is_demo)
     host, port = parse_listen_address(args.listen)
+    refresher = None
+    discovered = None
+    if args.command == "serve" and not args.inventory and wants_directory(args):
+        from exporter.inventory.ldap import discover
+        from exporter.inventory.refresh import InventoryRefresher
+
+        ldap_settings = settings_from_args(args)  # ConfigError (exit 2) before anything starts
+        refresher = InventoryRefresher(lambda: discover(ldap_settings), interval=args.discovery_interval)
+        refresher.refresh_once()
+        # no inventory yet: start with none (the service says so) and keep trying
+        discovered = refresher.inventory or Inventory("(discovery pending)", source="ldap")
+        for warning in refresher.result.warnings if refresher.result else ():
+            log.warning("discovery: %s", warning)
+    is_demo = args.command == "demo" or (not args.inventory and discovered is None)
+    inventory, source, paths = _inventory_and_plan(args, is_demo, discovered)
     listeners = None
     if is_demo:
         listeners = demo_org.DemoListeners(
@@ -243,7 +299,13 @@ def run_serve(args: argparse.Namespace) -> int:
         prober.engine.limit,
     )
     prober.start()
-    app = create_app(prober)
+    discovery = None
+    if refresher is not None:
+        from exporter.service import DiscoveryLoop
+
+        discovery = DiscoveryLoop(refresher, prober, _planner(args, source))
+        discovery.start()
+    app = create_app(prober, refresher=refresher)
     config = uvicorn.Config(
         app,
         host=host,
@@ -258,6 +320,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        if discovery is not None:
+            discovery.stop()
         prober.stop()
         store.close()
         if listeners is not None:

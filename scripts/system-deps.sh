@@ -1,12 +1,19 @@
 #!/bin/sh
 # Install the Debian packages the project needs, only when something is missing (fast when all is there).
 #   system-deps.sh python   -> a Python with venv
-#   system-deps.sh test     -> everything the test suite starts: nftables, iproute2, promtool...
+#   system-deps.sh test     -> everything the test suite starts: nftables, Prometheus, Samba, Chromium...
 set -eu
 
 need_python="python3 python3-venv python3-pip"
 # command:package pairs for the test suite
-need_test="nft:nftables ip:iproute2 promtool:prometheus prometheus-blackbox-exporter:prometheus-blackbox-exporter"
+need_test="nft:nftables ip:iproute2 unshare:util-linux mount:mount openssl:openssl \
+  promtool:prometheus prometheus:prometheus amtool:prometheus-alertmanager \
+  prometheus-alertmanager:prometheus-alertmanager prometheus-blackbox-exporter:prometheus-blackbox-exporter \
+  chromium:chromium samba-tool:samba samba:samba-ad-dc smbclient:smbclient ldapsearch:ldap-utils"
+# packages without a command of their own, found by a file they install (path:package)
+need_files="/usr/share/samba/setup/ad-schema:samba-ad-provision \
+  /usr/lib/python3/dist-packages/samba:python3-samba /usr/sbin/winbindd:winbind \
+  /usr/share/fonts/truetype/dejavu:fonts-dejavu-core"
 
 missing=""
 case "${1:-test}" in
@@ -16,6 +23,10 @@ case "${1:-test}" in
     for pair in $need_test; do
       cmd=${pair%%:*}; pkg=${pair#*:}
       command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+    done
+    for pair in $need_files; do
+      file=${pair%%:*}; pkg=${pair#*:}
+      [ -e "$file" ] || missing="$missing $pkg"
     done ;;
 esac
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.netns import RoutedLab
+from tests.lab.samba import SambaDC, SambaLab
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,3 +57,19 @@ def lab(routed_lab: RoutedLab) -> Iterator[RoutedLab]:
     routed_lab.flush()
     yield routed_lab
     routed_lab.flush()
+
+
+@pytest.fixture(scope="session")
+def samba_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaLab]:
+    """A real Samba AD DC with an Exchange organisation loaded, on 127.0.77.1; once per test run."""
+    lab = SambaLab(tmp_path_factory.mktemp("samba"))
+    try:
+        lab.build().start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(scope="session")
+def relaxed_dc(samba_lab: SambaLab) -> SambaDC:
+    return samba_lab.relaxed()

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
+from exporter.inventory.refresh import InventoryRefresher
 from exporter.outputs import matrix, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
 from exporter.prober import Prober
@@ -20,13 +21,13 @@ MAX_PATHS_PAGE = 100_000
 MAX_CHANGES_PAGE = 10_000
 
 
-def create_app(prober: Prober) -> FastAPI:
+def create_app(prober: Prober, refresher: InventoryRefresher | None = None) -> FastAPI:
     app = FastAPI(
         title="exchange-firewall-exporter",
         version=__version__,
         description="Proves that every network path an Exchange organisation needs is open.",
     )
-    registry = metrics.build_registry(prober)
+    registry = metrics.build_registry(prober, refresher)
     app.state.prober = prober
 
     @app.get("/metrics", include_in_schema=False)

@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.inventory.refresh import InventoryRefresher
 from exporter.prober import Prober
 from exporter.state.tracker import Verdict
 
@@ -140,9 +141,45 @@ class ExporterCollector(Collector):
         return cached[1]
 
 
-def build_registry(prober: Prober) -> CollectorRegistry:
+class DiscoveryCollector(Collector):
+    """Health of the AD discovery behind the inventory (only when the inventory comes from AD)."""
+
+    def __init__(self, refresher: InventoryRefresher) -> None:
+        self.refresher = refresher
+
+    def collect(self) -> Iterable[Metric]:
+        refresher = self.refresher
+        last = GaugeMetricFamily(
+            "exchange_discovery_last_success_timestamp_seconds",
+            "Unix time of the last successful read of Active Directory (0: never).",
+            value=refresher.last_success_timestamp or 0,
+        )
+        yield last
+        errors = CounterMetricFamily(
+            "exchange_discovery_errors",
+            "Failed discoveries by reason (config, dns, connect, tls, bind, search, internal).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(refresher.errors_total.items()):
+            errors.add_metric([reason], count)
+        yield errors
+        yield GaugeMetricFamily(
+            "exchange_inventory_stale",
+            "1 when the inventory is older than three refresh intervals (or discovery never succeeded).",
+            value=1 if refresher.stale() else 0,
+        )
+        yield GaugeMetricFamily(
+            "exchange_discovery_interval_seconds",
+            "Configured discovery refresh interval.",
+            value=refresher.interval,
+        )
+
+
+def build_registry(prober: Prober, refresher: InventoryRefresher | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExporterCollector(prober))
+    if refresher is not None:
+        registry.register(DiscoveryCollector(refresher))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

@@ -124,6 +124,7 @@ def plan(
     vantage: Vantage | None = None,
     checks: frozenset[str] | None = None,
     optional_services: frozenset[str] = frozenset(),
+    source_site: str | None = None,
 ) -> list[Path]:
     """Every path `source` must probe, deduplicated, in a stable order.
 
@@ -131,7 +132,7 @@ def plan(
     """
     me = inventory.find(source)
     where = vantage_of(me, vantage)
-    source_site = me.site if me is not None else ""
+    source_site = me.site if me is not None else (source_site or "")
     paths: dict[tuple[str, int, str, str], Path] = {}
     for target in inventory.members():
         if me is not None and target is me:
