@@ -1,0 +1,1 @@
+"""Real test peers: network namespaces with a firewall, listeners, directory servers."""
