@@ -8,11 +8,13 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path as Path_
 from typing import Any
 
 from exporter import __version__
@@ -25,7 +27,7 @@ from exporter.inventory.discover_cli import (
 )
 from exporter.inventory.model import Inventory
 from exporter.inventory.static import load_inventory
-from exporter.plan.planner import Path, Vantage, plan
+from exporter.plan.planner import Path, Vantage, parse_shard, plan, shard
 
 DEFAULT_PORT = 10135
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -62,6 +64,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "(default: this host's FQDN; a name outside the inventory makes an observer)",
     )
     parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="probe only shard I of N of the paths (rendezvous hashing: several central probers split "
+        "the targets, and adding one moves only its share)",
+    )
+    parser.add_argument(
         "--source-site",
         default=None,
         metavar="SITE",
@@ -89,6 +98,73 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _mesh_flags(parser: argparse.ArgumentParser) -> None:
+    mesh = parser.add_argument_group("mesh (many agents adding up to the full pairwise picture)")
+    mesh.add_argument(
+        "--mesh",
+        action="store_true",
+        help="pull the other agents' paths into /matrix and /api/v1/mesh, and list them in /api/v1/sd",
+    )
+    mesh.add_argument("--mesh-port", type=int, default=None, help="the port agents listen on (default: ours)")
+    mesh.add_argument(
+        "--mesh-members",
+        choices=["exchange", "all", "none"],
+        default="exchange",
+        help="which inventory members run an agent (default: the Exchange servers)",
+    )
+    mesh.add_argument(
+        "--mesh-peer",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="an extra agent, e.g. a client zone: client-vlan1=http://10.9.0.5:10135",
+    )
+    mesh.add_argument("--mesh.scheme", dest="mesh_scheme", choices=["http", "https"], default="http")
+    mesh.add_argument(
+        "--mesh.ca-file",
+        dest="mesh_ca_file",
+        metavar="FILE",
+        help="CA to verify the peers' TLS with (default: the system trust store)",
+    )
+    mesh.add_argument("--mesh.username", dest="mesh_username", help="basic-auth user for the peers' API")
+    mesh.add_argument(
+        "--mesh.password-file",
+        dest="mesh_password_file",
+        metavar="FILE",
+        help="basic-auth password for the peers' API (or $EXFW_MESH_PASSWORD)",
+    )
+    mesh.add_argument(
+        "--mesh.advertise-address",
+        dest="mesh_advertise",
+        metavar="HOST[:PORT]",
+        help="how peers and Prometheus reach this agent (default: its inventory address)",
+    )
+
+
+def _mesh_settings(args: argparse.Namespace, listen_port: int) -> Any:
+    from exporter.outputs.app import MeshSettings
+
+    auth = None
+    if args.mesh_username:
+        password = os.environ.get("EXFW_MESH_PASSWORD", "")
+        if args.mesh_password_file:
+            try:
+                password = Path_(args.mesh_password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"--mesh.password-file: {exc.strerror}", fix="check the path") from None
+        auth = (args.mesh_username, password)
+    return MeshSettings(
+        enabled=args.mesh,
+        port=args.mesh_port or listen_port,
+        scheme=args.mesh_scheme,
+        members=args.mesh_members,
+        extra=tuple(args.mesh_peer),
+        advertise=args.mesh_advertise or "",
+        auth=auth,
+        verify=args.mesh_ca_file or True,
     )
 
 
@@ -150,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
     add_directory_arguments(serve)
+    _mesh_flags(serve)
     serve.add_argument(
         "--discovery-interval",
         type=_positive,
@@ -209,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _planner(args: argparse.Namespace, source: str) -> Callable[[Inventory], list[Path]]:
     vantage = Vantage(args.vantage) if args.vantage else None
 
+    shard_of = parse_shard(args.shard) if args.shard else None
+
     def planner(inventory: Inventory) -> list[Path]:
-        return plan(
+        paths = plan(
             inventory,
             source,
             vantage=vantage,
@@ -218,6 +297,7 @@ def _planner(args: argparse.Namespace, source: str) -> Callable[[Inventory], lis
             optional_services=frozenset(args.enable_service),
             source_site=args.source_site,
         )
+        return shard(paths, *shard_of) if shard_of else paths
 
     return planner
 
@@ -305,7 +385,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
         discovery = DiscoveryLoop(refresher, prober, _planner(args, source))
         discovery.start()
-    app = create_app(prober, refresher=refresher)
+    mesh_settings = _mesh_settings(args, port) if args.command == "serve" else None
+
+    def plan_for(inventory: Inventory, identity: str) -> list[Path]:
+        return _planner(args, identity)(inventory)
+
+    app = create_app(prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for)
     config = uvicorn.Config(
         app,
         host=host,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+import httpx
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
+from exporter.inventory.model import Inventory
 from exporter.inventory.refresh import InventoryRefresher
-from exporter.outputs import matrix, metrics
+from exporter.outputs import matrix, mesh, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
+from exporter.plan.planner import Path
 from exporter.prober import Prober
 from exporter.probes.outcome import State
 
@@ -21,7 +26,27 @@ MAX_PATHS_PAGE = 100_000
 MAX_CHANGES_PAGE = 10_000
 
 
-def create_app(prober: Prober, refresher: InventoryRefresher | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class MeshSettings:
+    """Where the other agents are and how to reach them."""
+
+    enabled: bool = False
+    port: int = 10135
+    scheme: str = "http"
+    members: str = "exchange"
+    extra: tuple[str, ...] = ()
+    advertise: str = ""  # how peers and Prometheus reach this agent: host[:port]
+    auth: tuple[str, str] | None = None
+    verify: str | bool = True
+    timeout: float = 5.0
+
+
+def create_app(
+    prober: Prober,
+    refresher: InventoryRefresher | None = None,
+    mesh_settings: MeshSettings | None = None,
+    planner: Callable[[Inventory, str], list[Path]] | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="exchange-firewall-exporter",
         version=__version__,
@@ -29,6 +54,39 @@ def create_app(prober: Prober, refresher: InventoryRefresher | None = None) -> F
     )
     registry = metrics.build_registry(prober, refresher)
     app.state.prober = prober
+    settings = mesh_settings or MeshSettings()
+
+    def peers() -> list[mesh.Peer]:
+        return mesh.peers_of(
+            prober.inventory,
+            me=prober.source,
+            port=settings.port,
+            scheme=settings.scheme,
+            members=settings.members,
+            extra=settings.extra,
+        )
+
+    def me() -> mesh.Peer:
+        """This agent as its peers and Prometheus reach it."""
+        member = prober.inventory.find(prober.source)
+        if settings.advertise:
+            url = httpx.URL(f"{settings.scheme}://{settings.advertise}")
+            base = str(url.copy_with(port=url.port or settings.port)).rstrip("/")
+        else:
+            host = (member.address or member.fqdn) if member else prober.source
+            base = f"{settings.scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}"
+        site = member.site if member else ""
+        return mesh.Peer(prober.source, base, site, member.primary_role if member else "observer")
+
+    def own_rows() -> list[dict[str, Any]]:
+        return [path_view(path, result) for path, result in prober.table.items()]
+
+    def plan_for(identity: str) -> list[Path]:
+        return planner(prober.inventory, identity) if planner else []
+
+    the_mesh = mesh.Mesh(
+        peers, own_rows, plan_for, timeout=settings.timeout, auth=settings.auth, verify=settings.verify
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
@@ -100,25 +158,31 @@ def create_app(prober: Prober, refresher: InventoryRefresher | None = None) -> F
         rows.append(verdict_view("*", overall))
         return JSONResponse(rows)
 
-    def matrix_parts() -> tuple[matrix.Matrix, list[dict[str, object]]]:
-        rows = [path_view(path, result) for path, result in prober.table.items()]
+    async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, object]], str]:
         tracker = prober.tracker
         changes = [] if tracker is None else [change_view(c) for c in tracker.changes(0.0, 50)]
-        return matrix.build(rows), changes
+        if scope == "mesh" and settings.enabled:
+            rows, errors = await the_mesh.rows()
+            agents = len({row["source"] for row in rows})
+            where = f"{len(rows)} paths probed by {agents} agents ({len(errors)} not answering), seen from"
+        else:
+            rows = await run_in_threadpool(own_rows)
+            where = f"{len(rows)} paths probed from"
+        grid = await run_in_threadpool(matrix.build, rows)
+        return grid, changes, f"{where} {prober.source} every {prober.settings.interval:g}s"
 
     @app.get("/matrix", response_class=HTMLResponse, include_in_schema=False)
-    async def matrix_page() -> HTMLResponse:
-        grid, changes = await run_in_threadpool(matrix_parts)
-        subtitle = (
-            f"{len(prober.table)} paths probed from {prober.source} every {prober.settings.interval:g}s"
-        )
+    async def matrix_page(scope: Annotated[str, Query(pattern="^(mesh|local)$")] = "mesh") -> HTMLResponse:
+        grid, changes, subtitle = await matrix_parts(scope)
         return HTMLResponse(
             matrix.render_page(grid, changes, title=prober.inventory.organisation, subtitle=subtitle)
         )
 
     @app.get("/matrix/fragment", include_in_schema=False)
-    async def matrix_fragment() -> JSONResponse:
-        grid, changes = await run_in_threadpool(matrix_parts)
+    async def matrix_fragment(
+        scope: Annotated[str, Query(pattern="^(mesh|local)$")] = "mesh",
+    ) -> JSONResponse:
+        grid, changes, _subtitle = await matrix_parts(scope)
         return JSONResponse(
             {
                 "table": matrix.render_table(grid),
@@ -127,6 +191,21 @@ def create_app(prober: Prober, refresher: InventoryRefresher | None = None) -> F
                 "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
         )
+
+    @app.get(
+        "/api/v1/mesh",
+        response_model=list[PathView],
+        summary="Every agent's paths: this agent's and its peers' (a peer that did not answer is marked)",
+    )
+    async def mesh_paths() -> JSONResponse:
+        if not settings.enabled:
+            return JSONResponse(await run_in_threadpool(own_rows))
+        rows, _errors = await the_mesh.rows()
+        return JSONResponse(rows)
+
+    @app.get("/api/v1/sd", summary="Prometheus HTTP service discovery for every agent of the mesh")
+    async def service_discovery() -> JSONResponse:
+        return JSONResponse(mesh.service_discovery(peers() if settings.enabled else [], me()))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from exporter.errors import ConfigError
 from exporter.inventory.model import DomainController, Inventory, Member, Product, Role, Server
 from exporter.plan.catalogue import CATALOGUE, DC, GC, REQUIRED_KINDS, PathKind, PortEntry
 
@@ -181,3 +183,24 @@ def _expand(entries: Iterable[PortEntry], target: Member, where: Vantage) -> Ite
         for static_port, service in pinned:
             if static_port:
                 yield PortEntry(PathKind.CLIENT_EXCHANGE, static_port, "tcp", service, "tcp")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`2/5` -> (2, 5): this prober is shard 2 of 5 (1-based)."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 1 <= int(index) <= int(count):
+        raise ConfigError(f"--shard {text!r} is not i/n with 1 <= i <= n", fix="e.g. --shard 1/3")
+    return int(index), int(count)
+
+
+def _weight(key: tuple[object, ...], shard: int) -> bytes:
+    text = "|".join(map(str, key[1:])) + f"#{shard}"  # not the source: every prober must agree
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+def shard(paths: Iterable[Path], index: int, count: int) -> list[Path]:
+    """The paths that belong to shard `index` of `count`, by rendezvous (highest random weight) hashing:
+    every prober computes the same split, and adding a prober moves only the paths it takes over."""
+    if count == 1:
+        return list(paths)
+    return [path for path in paths if max(range(1, count + 1), key=lambda s: _weight(path.key, s)) == index]
