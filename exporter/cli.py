@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for sub_parser, default_state in ((serve, None), (demo, "")):
         _state_flags(sub_parser, default_state)
+        sub_parser.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            metavar="FILE",
+            help="TLS and basic auth, in the Prometheus exporter-toolkit format (see the README)",
+        )
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
     _common(check)
     check.add_argument("--output", choices=["table", "json", "csv"], default="table")
@@ -328,11 +334,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from exporter import demo as demo_org
     from exporter.outputs.app import create_app
+    from exporter.outputs.webconfig import BasicAuth, load_web_config
     from exporter.prober import Prober, ProbeSettings
     from exporter.state.baseline import Baseline, default_state_file
     from exporter.state.tracker import Tracker
 
     host, port = parse_listen_address(args.listen)
+    web = load_web_config(args.web_config_file) if args.web_config_file else None
     refresher = None
     discovered = None
     if args.command == "serve" and not args.inventory and wants_directory(args):
@@ -390,7 +398,13 @@ def run_serve(args: argparse.Namespace) -> int:
     def plan_for(inventory: Inventory, identity: str) -> list[Path]:
         return _planner(args, identity)(inventory)
 
-    app = create_app(prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for)
+    app: Any = create_app(prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for)
+    tls_kwargs: dict[str, Any] = {}
+    if web is not None:
+        if web.basic_auth:
+            app = BasicAuth(app, web.users)
+        if web.tls is not None:
+            tls_kwargs = web.tls.uvicorn_kwargs()
     config = uvicorn.Config(
         app,
         host=host,
@@ -399,7 +413,12 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        **tls_kwargs,
     )
+    if web is not None and web.tls is not None:
+        config.load()
+        assert config.ssl is not None
+        config.ssl.minimum_version = web.tls.min_version
     server = _GracefulServer(config)
     log.info("listening on %s:%d", host, port)
     try:
