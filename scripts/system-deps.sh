@@ -9,7 +9,8 @@ need_python="python3 python3-venv python3-pip"
 need_test="nft:nftables ip:iproute2 unshare:util-linux mount:mount openssl:openssl \
   promtool:prometheus prometheus:prometheus amtool:prometheus-alertmanager \
   prometheus-alertmanager:prometheus-alertmanager prometheus-blackbox-exporter:prometheus-blackbox-exporter \
-  chromium:chromium samba-tool:samba samba:samba-ad-dc smbclient:smbclient ldapsearch:ldap-utils"
+  chromium:chromium samba-tool:samba samba:samba-ad-dc smbclient:smbclient ldapsearch:ldap-utils \
+  chronyd:chrony"
 # packages without a command of their own, found by a file they install (path:package)
 need_files="/usr/share/samba/setup/ad-schema:samba-ad-provision \
   /usr/lib/python3/dist-packages/samba:python3-samba /usr/sbin/winbindd:winbind \
@@ -37,6 +38,16 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "system-deps: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as samba, chrony and prometheus start their services on install where they can; the
+# tests start their own instances on loopback, so nothing may start here (and chrony must not go and
+# ask the Internet's NTP pool). policy-rc.d exit 101 = "do not start"; an existing one is kept.
+policy=/usr/sbin/policy-rc.d
+made_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+fi
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
+[ -n "$made_policy" ] && rm -f "$policy"
+exit 0

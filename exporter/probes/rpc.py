@@ -1,0 +1,259 @@
+"""RPC endpoint-mapper probe (135/tcp) and the dynamic ports it hands out.
+
+A DCE/RPC bind to the endpoint mapper (E1AF8308-5D1F-11C9-91A4-08002B14A0FA v3.0, NDR), then one ept_map
+(opnum 3) per interface that matters, asking for its ncacn_ip_tcp tower. The answers are the ports a
+firewall must let through for DRSUAPI, Netlogon (DCs) and EMSMDB, NSPI (Exchange 2010): each becomes its
+own path `rpc:<interface>`, probed with a TCP connect right after this lookup (an MSRPC-aware firewall
+opens a dynamic port only after it saw the mapper's answer). "135 open but the rpc: port filtered" is the
+classic broken-firewall signature.
+
+The wire format is hand-rolled (about a hundred lines, after MS-RPCE and C706) rather than taken from
+impacket: the exchange stays asynchronous, cancellable and bounded (256 KiB per response, 64 KiB per
+fragment), and the exporter needs no optional dependency for it.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+
+from exporter.engine.resolver import Resolved
+from exporter.engine.scheduler import Target
+from exporter.probes.outcome import Outcome, State
+from exporter.probes.stream import (
+    Conversation,
+    ProtocolError,
+    Stream,
+    connected,
+    converse,
+    deadline,
+    first_bytes,
+)
+
+EPM_INTERFACE = (uuid.UUID("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0)
+NDR = (uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860"), 2, 0)
+
+#: name -> (interface UUID, major, minor): the RPC interfaces whose dynamic ports a firewall must pass
+INTERFACES: dict[str, tuple[uuid.UUID, int, int]] = {
+    "drsuapi": (uuid.UUID("e3514235-4b06-11d1-ab04-00c04fc2dcd2"), 4, 0),
+    "netlogon": (uuid.UUID("12345678-1234-abcd-ef00-01234567cffb"), 1, 0),
+    "emsmdb": (uuid.UUID("a4f1db00-ca47-1067-b31f-00dd010662da"), 0, 81),
+    "nspi": (uuid.UUID("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0),
+}
+
+PTYPE_REQUEST, PTYPE_RESPONSE, PTYPE_FAULT, PTYPE_BIND, PTYPE_BIND_ACK, PTYPE_BIND_NAK = 0, 2, 3, 11, 12, 13
+PFC_FIRST_LAST = 0x03
+PFC_LAST_FRAG = 0x02
+DREP_LE = b"\x10\x00\x00\x00"
+MAX_FRAG = 5840  # what Windows uses; the peer may fragment below it
+MAX_RESPONSE = 256 * 1024
+MAX_FRAGMENTS = 64
+OPNUM_EPT_MAP = 3
+EPT_S_NOT_REGISTERED = 0x16C9A0D6
+FLOOR_TCP, FLOOR_IP, FLOOR_RPC_CO, FLOOR_UUID = 0x07, 0x09, 0x0B, 0x0D
+HEADER = struct.Struct("<BBBB4sHHI")  # version, minor, type, flags, drep, frag_length, auth_length, call_id
+
+
+@dataclass(frozen=True, slots=True)
+class EpmAnswer:
+    """The mapper's Outcome and the (interface, port) pairs it registered over TCP."""
+
+    outcome: Outcome
+    endpoints: tuple[tuple[str, int], ...]
+
+
+def _syntax(interface: tuple[uuid.UUID, int, int]) -> bytes:
+    ident, major, minor = interface
+    return ident.bytes_le + struct.pack("<HH", major, minor)
+
+
+def _pdu(ptype: int, call_id: int, body: bytes) -> bytes:
+    return HEADER.pack(5, 0, ptype, PFC_FIRST_LAST, DREP_LE, HEADER.size + len(body), 0, call_id) + body
+
+
+def bind_pdu(call_id: int = 1) -> bytes:
+    context = struct.pack("<HBB", 0, 1, 0) + _syntax(EPM_INTERFACE) + _syntax(NDR)
+    return _pdu(PTYPE_BIND, call_id, struct.pack("<HHIBBH", MAX_FRAG, MAX_FRAG, 0, 1, 0, 0) + context)
+
+
+def _floor(lhs: bytes, rhs: bytes) -> bytes:
+    return struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+
+
+def tcp_tower(interface: tuple[uuid.UUID, int, int]) -> bytes:
+    """The ncacn_ip_tcp tower ept_map matches: interface, NDR, RPC connection-oriented, TCP port 0, IP 0."""
+    ident, major, minor = interface
+    ndr_id, ndr_major, ndr_minor = NDR
+    floors = [
+        _floor(bytes([FLOOR_UUID]) + ident.bytes_le + struct.pack("<H", major), struct.pack("<H", minor)),
+        _floor(
+            bytes([FLOOR_UUID]) + ndr_id.bytes_le + struct.pack("<H", ndr_major), struct.pack("<H", ndr_minor)
+        ),
+        _floor(bytes([FLOOR_RPC_CO]), struct.pack("<H", 0)),
+        _floor(bytes([FLOOR_TCP]), struct.pack(">H", 0)),
+        _floor(bytes([FLOOR_IP]), bytes(4)),
+    ]
+    return struct.pack("<H", len(floors)) + b"".join(floors)
+
+
+def ept_map_pdu(call_id: int, interface: tuple[uuid.UUID, int, int], max_towers: int = 4) -> bytes:
+    tower = tcp_tower(interface)
+    stub = struct.pack("<I", 1) + bytes(16)  # obj: a pointer to the nil UUID
+    stub += struct.pack("<III", 2, len(tower), len(tower)) + tower  # map_tower: referent, max_count, length
+    stub += bytes(-len(stub) % 4)
+    stub += bytes(20) + struct.pack("<I", max_towers)  # entry_handle (none yet), max_towers
+    return _pdu(PTYPE_REQUEST, call_id, struct.pack("<IHH", len(stub), 0, OPNUM_EPT_MAP) + stub)
+
+
+def tower_port(tower: bytes) -> int | None:
+    """The TCP port in a tower's floors, or None when it has none."""
+    if len(tower) < 2:
+        return None
+    (count,) = struct.unpack_from("<H", tower)
+    pos = 2
+    for _ in range(min(count, 16)):
+        (lhs_len,) = struct.unpack_from("<H", tower, pos)
+        lhs = tower[pos + 2 : pos + 2 + lhs_len]
+        pos += 2 + lhs_len
+        (rhs_len,) = struct.unpack_from("<H", tower, pos)
+        rhs = tower[pos + 2 : pos + 2 + rhs_len]
+        pos += 2 + rhs_len
+        if lhs[:1] == bytes([FLOOR_TCP]) and len(rhs) == 2:
+            return int.from_bytes(rhs, "big")
+    return None
+
+
+def parse_ept_map(stub: bytes) -> tuple[list[int], int]:
+    """(TCP ports of the returned towers, status) from an ept_map response stub."""
+    pos = 20  # entry_handle
+    num_towers, max_count, _offset, actual = struct.unpack_from("<IIII", stub, pos)
+    pos += 16
+    if actual > min(max_count, 500) or num_towers > 500:
+        raise ValueError(f"{actual} towers announced")
+    referents = struct.unpack_from(f"<{actual}I", stub, pos)
+    pos += 4 * actual
+    ports: list[int] = []
+    for referent in referents:
+        if not referent:
+            continue
+        _max, length = struct.unpack_from("<II", stub, pos)
+        pos += 8
+        tower = stub[pos : pos + length]
+        if len(tower) != length:
+            raise ValueError("tower runs past the end")
+        pos += length + (-length % 4)
+        port = tower_port(tower)
+        if port is not None:
+            ports.append(port)
+    (status,) = struct.unpack_from("<I", stub, pos)
+    return ports, status
+
+
+async def read_pdu(stream: Stream) -> tuple[int, int, bytes]:
+    """One PDU: (type, flags, body after the common header)."""
+    head = await stream.read_exactly(HEADER.size)
+    version, _minor, ptype, flags, drep, frag_length, _auth, _call = HEADER.unpack(head)
+    if version != 5 or frag_length < HEADER.size:
+        raise ProtocolError(f"not DCE/RPC v5: {first_bytes(head)}")
+    if drep[0] & 0xF0 != 0x10:
+        raise ProtocolError("big-endian NDR is not spoken here")
+    return ptype, flags, await stream.read_exactly(frag_length - HEADER.size)
+
+
+async def read_response(stream: Stream) -> bytes:
+    """A whole response stub, reassembled from its fragments."""
+    stub = bytearray()
+    for _ in range(MAX_FRAGMENTS):
+        ptype, flags, body = await read_pdu(stream)
+        if ptype == PTYPE_FAULT:
+            (status,) = struct.unpack_from("<I", body, 8) if len(body) >= 12 else (0,)
+            raise ProtocolError(f"fault 0x{status:08x}")
+        if ptype != PTYPE_RESPONSE or len(body) < 8:
+            raise ProtocolError(f"PDU type {ptype} where a response was due")
+        stub += body[8:]
+        if len(stub) > MAX_RESPONSE:
+            raise ProtocolError(f"response over {MAX_RESPONSE} bytes")
+        if flags & PFC_LAST_FRAG:
+            return bytes(stub)
+    raise ProtocolError(f"response in more than {MAX_FRAGMENTS} fragments")
+
+
+async def _bind(conv: Conversation, stream: Stream) -> None:
+    conv.step = "binding to the endpoint mapper"
+    await stream.send(bind_pdu())
+    ptype, _flags, body = await read_pdu(stream)
+    if ptype == PTYPE_BIND_NAK:
+        reason = struct.unpack_from("<H", body)[0] if len(body) >= 2 else -1
+        raise ProtocolError(f"bind_nak, reason {reason}")
+    if ptype != PTYPE_BIND_ACK:
+        raise ProtocolError(f"PDU type {ptype} where bind_ack was due")
+    # max_xmit, max_recv, assoc_group, then the secondary address (length-prefixed, 4-aligned)
+    (address_length,) = struct.unpack_from("<H", body, 8)
+    pos = 10 + address_length
+    pos += -(pos + HEADER.size) % 4
+    count, _r1, _r2, result, reason = struct.unpack_from("<BBHHH", body, pos)
+    if count < 1 or result != 0:
+        raise ProtocolError(f"bind rejected (result {result}, reason {reason})")
+
+
+async def _map_all(
+    conv: Conversation, stream: Stream, interfaces: dict[str, tuple[uuid.UUID, int, int]]
+) -> list[tuple[str, int]]:
+    await _bind(conv, stream)
+    endpoints: list[tuple[str, int]] = []
+    for call_id, (name, interface) in enumerate(interfaces.items(), start=2):
+        conv.step = f"ept_map {name}"
+        await stream.send(ept_map_pdu(call_id, interface))
+        stub = await read_response(stream)
+        try:
+            ports, status = parse_ept_map(stub)
+        except (ValueError, struct.error) as exc:
+            raise ProtocolError(f"ept_map {name}: {exc}") from None
+        if status not in (0, EPT_S_NOT_REGISTERED):
+            raise ProtocolError(f"ept_map {name}: status 0x{status:08x}")
+        for port in dict.fromkeys(ports):
+            endpoints.append((name, port))
+    return endpoints
+
+
+async def lookup(
+    resolved: Resolved,
+    target: Target,
+    timeout: float,
+    attempts: int,
+    interfaces: dict[str, tuple[uuid.UUID, int, int]] | None = None,
+) -> EpmAnswer:
+    """Ask the mapper at `target` for the TCP ports of `interfaces` (default INTERFACES)."""
+    wanted = INTERFACES if interfaces is None else interfaces
+    found: list[tuple[str, int]] = []
+
+    async def body(conv: Conversation) -> Outcome:
+        async def talk(stream: Stream) -> Outcome:
+            found.extend(await _map_all(conv, stream, wanted))
+            for name in wanted:
+                ports = [str(port) for n, port in found if n == name]
+                if ports:
+                    conv.note(f"rpc:{name}", ",".join(ports))
+            listed = " ".join(f"{n}:{p}" for n, p in found) or "none of the asked interfaces registered"
+            return conv.ok(f"endpoint mapper answered: {listed}")
+
+        return await connected(conv, resolved, target.port, timeout, attempts, talk)
+
+    outcome = await converse("DCE/RPC", deadline(timeout, attempts), body)
+    complete = outcome.state is State.OPEN and dict(outcome.details).get("protocol") == "ok"
+    return EpmAnswer(outcome, tuple(found) if complete else ())
+
+
+async def check(resolved: Resolved, target: Target, timeout: float, attempts: int) -> Outcome:
+    """The `rpc-epm` check: the mapper's Outcome, with the registered ports as ("rpc:<name>", port)."""
+    return (await lookup(resolved, target, timeout, attempts)).outcome
+
+
+async def resolve_endpoints(
+    resolved: Resolved, target: Target, timeout: float, attempts: int = 3
+) -> list[tuple[str, int]]:
+    """(interface name, dynamic TCP port) for each interface of INTERFACES the mapper registered; empty
+    when the mapper could not be asked. `lookup` gives the same list and the mapper's Outcome from one
+    conversation, which is what a scheduler wants (probe the ports right after, and only once)."""
+    return list((await lookup(resolved, target, timeout, attempts)).endpoints)

@@ -1,0 +1,459 @@
+"""What every protocol probe shares: the one deadline, the classified TCP connect, bounded reads, TLS with
+certificate facts, sanitised peer text, and the single place where a conversation's end becomes an Outcome.
+
+The state rule for protocol probes:
+- a network verdict (REFUSED, FILTERED, UNREACHABLE) comes only from the network: the TCP handshake's errno
+  or silence, or an ICMP error on a connected UDP socket (see `udp`);
+- once the handshake completed (or a datagram came back) the path is OPEN, whatever the peer then says.
+  How the conversation went is the detail ("protocol", ...): "ok" (it spoke the protocol), "bad" (it spoke
+  something else, or TLS failed), "silent" (nothing complete before the deadline), "closed" (it hung up
+  or reset mid-conversation); the evidence says exactly what happened;
+- our own trouble (no fds, a bug) is LOCAL_ERROR, never a block.
+`rtt` of a stream probe is the TCP handshake time (comparable with the plain `tcp` check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from exporter.engine.resolver import Resolved
+from exporter.probes import tcp
+from exporter.probes.outcome import Outcome, State, classify_errno, errno_name
+
+#: the most any probe buffers from one peer (a line, a message, a body); StreamReader pauses at 2x this
+MAX_READ = 64 * 1024
+#: the longest peer-supplied string that goes into evidence or a detail
+TEXT_LIMIT = 200
+#: extra time, past `timeout * attempts`, for a conversation that connected on its last attempt
+DEADLINE_SLACK = 0.5
+
+
+def deadline(timeout: float, attempts: int) -> float:
+    """One probe's whole budget; the engine allows a second more before it calls the probe hung."""
+    return timeout * attempts + DEADLINE_SLACK
+
+
+def clean(text: str | bytes, limit: int = TEXT_LIMIT) -> str:
+    """Peer text made safe for evidence and details: printable ASCII only, at most `limit` characters."""
+    if isinstance(text, bytes):
+        text = text[: limit + 1].decode("latin-1")
+    kept = "".join(ch if " " <= ch <= "~" else "?" for ch in text[: limit + 1])
+    return kept if len(kept) <= limit else kept[: limit - 3] + "..."
+
+
+def first_bytes(data: bytes, limit: int = 40) -> str:
+    """`b'SSH-2.0-...'` for evidence about a peer that spoke something unexpected."""
+    shown = repr(data[:limit]) + ("..." if len(data) > limit else "")
+    return clean(shown)
+
+
+def parent_zone(fqdn: str) -> str:
+    """`dc1.contoso.com` -> `contoso.com`: the domain a host's name sits in."""
+    labels = [label for label in fqdn.strip().rstrip(".").split(".") if label]
+    return ".".join(labels[1:]) if len(labels) > 1 else ""
+
+
+class ProtocolError(Exception):
+    """The peer answered, but not in the protocol we asked for. The message is already sanitised."""
+
+
+class Conversation:
+    """What one probe has learnt so far, and how to turn the way it ended into an Outcome."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.step = "connecting"
+        self.answered = False  # the transport answered: handshake done or a datagram back
+        self.rtt: float | None = None
+        self.attempts = 1
+        self.cert_expiry: float | None = None
+        self._details: dict[str, str] = {}
+        self._streams: list[Stream] = []
+
+    def track(self, stream: Stream) -> Stream:
+        """Streams opened for this probe; all are aborted when the conversation ends, however it ends."""
+        self._streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.abort()
+
+    def note(self, key: str, value: str | bytes) -> None:
+        self._details[key] = clean(value)
+
+    def detail(self, key: str) -> str | None:
+        return self._details.get(key)
+
+    def end(self, state: State, evidence: str, verdict: str | None) -> Outcome:
+        details = dict(self._details)
+        if verdict is not None:
+            details["protocol"] = verdict
+        return Outcome(
+            state,
+            self.rtt,
+            clean(evidence),
+            self.attempts,
+            tuple(details.items()),
+            self.cert_expiry,
+        )
+
+    def ok(self, evidence: str) -> Outcome:
+        return self.end(State.OPEN, evidence, "ok")
+
+    def bad(self, evidence: str) -> Outcome:
+        return self.end(State.OPEN, evidence, "bad")
+
+
+async def converse(
+    protocol: str, budget: float, body: Callable[[Conversation], Awaitable[Outcome]]
+) -> Outcome:
+    """Run one probe's conversation under its deadline; whatever happens, return an Outcome, and leave
+    no connection open. Cancellation from outside (the engine stopping) is the only thing that propagates."""
+    conv = Conversation(protocol)
+    try:
+        return await _converse(conv, budget, body)
+    finally:
+        conv.close()
+
+
+async def _converse(
+    conv: Conversation, budget: float, body: Callable[[Conversation], Awaitable[Outcome]]
+) -> Outcome:
+    protocol = conv.protocol
+    try:
+        async with asyncio.timeout(budget):
+            return await body(conv)
+    except TimeoutError:
+        if conv.answered:
+            return conv.end(
+                State.OPEN,
+                f"{protocol} peer gave no complete answer within {budget:g}s ({conv.step})",
+                "silent",
+            )
+        return Outcome(State.FILTERED, budget, f"no answer within {budget:g}s ({conv.step})", conv.attempts)
+    except ProtocolError as exc:
+        return conv.bad(f"not {protocol}: {exc}")
+    except asyncio.IncompleteReadError as exc:
+        got = f"after {len(exc.partial)} bytes" if exc.partial else "before answering"
+        return conv.end(State.OPEN, f"{protocol} peer closed the connection {got} ({conv.step})", "closed")
+    except ssl.SSLError as exc:
+        return conv.bad(f"TLS failed ({conv.step}): {tls_reason(exc)}")
+    except OSError as exc:
+        code = exc.errno or 0
+        if conv.answered:
+            return conv.end(State.OPEN, f"{errno_name(code)} after connect ({conv.step})", "closed")
+        return Outcome(classify_errno(code), conv.rtt, errno_name(code), conv.attempts)
+    except Exception as exc:  # a bug or a parser we did not expect to fail: ours, never the network's
+        return Outcome(State.LOCAL_ERROR, conv.rtt, clean(f"probe failed: {type(exc).__name__}: {exc}"))
+
+
+# ---- TCP --------------------------------------------------------------------------------------------
+
+
+def sockaddr(resolved: Resolved, port: int) -> tcp.SockAddr:
+    if resolved.family == socket.AF_INET6:
+        return (resolved.host, port, 0, 0)
+    return (resolved.host, port)
+
+
+class Stream:
+    """A connected TCP (later maybe TLS) stream with reads that never buffer more than MAX_READ."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int = MAX_READ
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.limit = limit
+
+    async def read_exactly(self, size: int) -> bytes:
+        if size > MAX_READ:
+            raise ProtocolError(f"announced a {size}-byte message (limit {MAX_READ})")
+        return await self.reader.readexactly(size)
+
+    async def read_some(self, size: int = 16384) -> bytes:
+        return await self.reader.read(min(size, MAX_READ))
+
+    async def more(self, size: int = 38, wait: float = 0.05) -> bytes:
+        """What else the peer sent right away, for evidence about a bad answer; never waits long."""
+        with contextlib.suppress(TimeoutError, OSError, EOFError):
+            async with asyncio.timeout(wait):
+                return await self.reader.read(size)
+        return b""
+
+    async def read_line(self) -> bytes:
+        """One line ending in LF; a longer line than the reader's limit is the peer's fault."""
+        try:
+            return await self.reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            head = await self.reader.read(40)  # already buffered: returns at once
+            raise ProtocolError(f"no end of line within {self.limit} bytes: {first_bytes(head)}") from None
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def abort(self) -> None:
+        """Close now, without waiting on the peer (a hostile peer must not hold us in a TLS shutdown)."""
+        self.writer.transport.abort()
+
+    def peer_certificate(self) -> bytes | None:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+            return None
+        return ssl_object.getpeercert(binary_form=True)
+
+    def tls_version(self) -> str:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        version = ssl_object.version() if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+        return version or ""
+
+
+async def connect(
+    conv: Conversation, resolved: Resolved, port: int, timeout: float, attempts: int, limit: int = MAX_READ
+) -> Stream | Outcome:
+    """TCP connect with the same verdicts as the plain `tcp` check: silence is FILTERED only after
+    `attempts` tries of `timeout` each; an errno is classified. Returns the stream or the verdict."""
+    loop = asyncio.get_running_loop()
+    address = sockaddr(resolved, port)
+    conv.step = "connecting"
+    for attempt in range(1, attempts + 1):
+        conv.attempts = attempt
+        try:
+            sock = tcp.open_socket(resolved.family)
+        except OSError as exc:
+            return Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, address)
+        except TimeoutError:
+            sock.close()
+            continue
+        except OSError as exc:
+            sock.close()
+            code = exc.errno or 0
+            return Outcome(classify_errno(code), time.monotonic() - started, errno_name(code), attempt)
+        except BaseException:
+            sock.close()
+            raise
+        conv.rtt = time.monotonic() - started
+        conv.answered = True
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
+        except BaseException:
+            sock.close()
+            raise
+        return conv.track(Stream(reader, writer, limit))
+    return tcp.filtered(timeout, attempts)
+
+
+async def connected(
+    conv: Conversation,
+    resolved: Resolved,
+    port: int,
+    timeout: float,
+    attempts: int,
+    talk: Callable[[Stream], Awaitable[Outcome]],
+    limit: int = MAX_READ,
+) -> Outcome:
+    """Connect, then run `talk` on the stream (which `converse` closes afterwards)."""
+    stream = await connect(conv, resolved, port, timeout, attempts, limit)
+    if isinstance(stream, Outcome):
+        return stream
+    return await talk(stream)
+
+
+# ---- TLS --------------------------------------------------------------------------------------------
+
+
+class Trust:
+    """The two client contexts a TLS probe needs, built once: one that verifies (system store, or only
+    `cafile` when given) and one that accepts anything, so an untrusted peer's certificate is still read."""
+
+    _cache: dict[str | None, Trust] = {}  # one per CA file for the whole process
+
+    def __init__(self, cafile: str | None = None) -> None:
+        self.cafile = cafile
+        self._verified: ssl.SSLContext | None = None
+        self._unverified: ssl.SSLContext | None = None
+
+    @classmethod
+    def of(cls, cafile: str | None = None) -> Trust:
+        if cafile not in cls._cache:
+            cls._cache[cafile] = cls(cafile)
+        return cls._cache[cafile]
+
+    @property
+    def verified(self) -> ssl.SSLContext:
+        if self._verified is None:
+            self._verified = ssl.create_default_context(cafile=self.cafile)
+        return self._verified
+
+    @property
+    def unverified(self) -> ssl.SSLContext:
+        if self._unverified is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            # old Exchange/DC builds still speak TLS 1.0 with SHA-1: we want to see their certificate
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+            self._unverified = ctx
+        return self._unverified
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return clean(exc.verify_message)
+    return clean(exc.reason or str(exc))
+
+
+async def start_tls(
+    conv: Conversation,
+    stream: Stream,
+    reopen: Callable[[], Awaitable[Stream | Outcome]],
+    server_name: str,
+    trust: Trust,
+) -> Stream | Outcome:
+    """TLS on `stream` (connected, and past any STARTTLS preamble). A verified handshake first; if it fails,
+    the reason goes into ("tls_verify", ...) and `reopen` brings a second stream to the same point, whose
+    handshake accepts any certificate so the certificate is still read. Expiry, name match and TLS version
+    go into `conv`."""
+    conv.step = "TLS handshake"
+    try:
+        await stream.writer.start_tls(trust.verified, server_hostname=server_name)
+        conv.note("tls_verify", "ok")
+    except ssl.SSLError as exc:
+        stream.abort()
+        conv.note("tls_verify", f"failed: {tls_reason(exc)}")
+        reopened = await reopen()
+        if isinstance(reopened, Outcome):
+            return reopened
+        stream = reopened
+        conv.step = "TLS handshake (unverified)"
+        await stream.writer.start_tls(trust.unverified, server_hostname=server_name)
+    conv.note("tls_version", stream.tls_version())
+    der = stream.peer_certificate()
+    if der:
+        facts = certificate_facts(der)
+        conv.cert_expiry = facts.not_after
+        conv.note("tls_name", "match" if facts.matches(server_name) else "mismatch")
+        if facts.names or facts.ips:
+            conv.note("cert_names", ",".join(facts.names + facts.ips))
+    return stream
+
+
+# ---- certificates: just enough DER to read the validity and the names --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    not_after: float | None
+    names: tuple[str, ...]  # subjectAltName DNS names and IPs; the subject CN when there is no SAN
+    ips: tuple[str, ...]
+
+    def matches(self, name: str) -> bool:
+        """RFC 6125 matching: exact, or one wildcard that is the whole left-most label."""
+        try:
+            ip = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            ip = None
+        if ip is not None:
+            return str(ip) in self.ips
+        wanted = name.lower().rstrip(".")
+        for pattern in self.names:
+            pattern = pattern.lower().rstrip(".")
+            if pattern == wanted:
+                return True
+            if pattern.startswith("*.") and "." in wanted:
+                host, rest = wanted.split(".", 1)
+                if host and rest == pattern[2:]:
+                    return True
+        return False
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the DER element at `pos`."""
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 0 < count <= 4:
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    end = pos + length
+    if end > len(data):
+        raise ValueError("DER element overruns")
+    return tag, pos, end
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    out = []
+    while start < end:
+        element = _tlv(data, start)
+        out.append(element)
+        start = element[2]
+    return out
+
+
+def _der_time(tag: int, raw: bytes) -> float:
+    text = raw.decode("ascii").rstrip("Z")
+    if tag == 0x17:  # UTCTime YYMMDDHHMM[SS]Z
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    parts = (text[0:4], text[4:6], text[6:8], text[8:10], text[10:12], text[12:14] or "0")
+    return float(calendar.timegm(tuple(int(p) for p in parts)))
+
+
+_OID_SAN = bytes.fromhex("551d11")
+_OID_CN = bytes.fromhex("550403")
+
+
+def certificate_facts(der: bytes) -> CertificateFacts:
+    """Validity end and names of an X.509 certificate; a certificate we cannot read yields no facts."""
+    try:
+        _tag, start, end = _tlv(der, 0)
+        _tag, start, end = _tlv(der, start)  # tbsCertificate
+        fields = _children(der, start, end)
+        if fields and fields[0][0] == 0xA0:  # [0] version
+            fields = fields[1:]
+        validity, subject = fields[3], fields[4]
+        times = _children(der, validity[1], validity[2])
+        not_after = _der_time(times[1][0], der[times[1][1] : times[1][2]])
+        names: list[str] = []
+        ips: list[str] = []
+        for field in fields[6:]:
+            if field[0] != 0xA3:  # [3] extensions
+                continue
+            _t, s, e = _tlv(der, field[1])
+            for _et, es, ee in _children(der, s, e):
+                parts = _children(der, es, ee)
+                if der[parts[0][1] : parts[0][2]] != _OID_SAN:
+                    continue
+                _ot, os_, oe = _tlv(der, parts[-1][1])  # extnValue OCTET STRING -> GeneralNames
+                for gtag, gs, ge in _children(der, os_, oe):
+                    if gtag == 0x82:
+                        names.append(der[gs:ge].decode("ascii", "replace"))
+                    elif gtag == 0x87:
+                        ips.append(str(ipaddress.ip_address(der[gs:ge])))
+        if not names and not ips:
+            for _st, ss, se in _children(der, subject[1], subject[2]):
+                for _at, as_, ae in _children(der, ss, se):
+                    oid, value = _children(der, as_, ae)[:2]
+                    if der[oid[1] : oid[2]] == _OID_CN:
+                        names.append(der[value[1] : value[2]].decode("utf-8", "replace"))
+        return CertificateFacts(not_after, tuple(clean(n, 100) for n in names[:20]), tuple(ips[:20]))
+    except (ValueError, IndexError, UnicodeError):
+        return CertificateFacts(None, (), ())

@@ -1,0 +1,184 @@
+"""Property-based fuzzing (hypothesis) of everything a user or a directory can feed in.
+
+No input may crash a parser with anything but our own ConfigError; names from the directory must survive
+the exposition format and render inert in HTML. Example counts: FUZZ_EXAMPLES (default 400 each).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import string
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.errors import ConfigError
+from exporter.inventory.ldap import decode_roles, version_from_number, version_from_serial
+from exporter.inventory.model import Role, Version
+from exporter.inventory.static import load_inventory, parse_inventory
+from exporter.outputs import matrix
+from exporter.outputs.pathtable import PathTable
+from exporter.plan.catalogue import PathKind
+from exporter.plan.planner import Path as PlanPath
+from exporter.probes.outcome import Outcome, State
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=40))
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=20), inner, max_size=6)
+    ),
+    max_leaves=30,
+)
+server_keys = st.sampled_from(
+    ["name", "fqdn", "address", "roles", "version", "site", "static_rpc_ports", "dag", "dag_replication_port"]
+)
+near_valid = st.fixed_dictionaries(
+    {
+        "organisation": st.one_of(st.text(max_size=10), scalars),
+        "servers": st.lists(st.dictionaries(server_keys, documents, max_size=9), max_size=4),
+        "domain_controllers": st.lists(
+            st.dictionaries(st.text(max_size=12), documents, max_size=6), max_size=3
+        ),
+    }
+)
+
+
+@FUZZ
+@given(st.one_of(documents, near_valid))
+def test_inventory_documents_either_load_or_raise_config_error(data: object) -> None:
+    try:
+        inventory = parse_inventory(data, "fuzz.yaml")
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.yaml")
+    else:
+        assert inventory.organisation
+
+
+@FUZZ
+@given(st.binary(max_size=2000) | st.text(max_size=2000).map(str.encode))
+def test_inventory_files_of_any_bytes_never_crash(raw: bytes) -> None:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-inventory-{os.getpid()}.yaml"
+    path.write_bytes(raw)
+    try:
+        load_inventory(path)
+    except ConfigError:
+        pass
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_version_text_parses_or_is_a_config_error(text: str) -> None:
+    try:
+        version = Version.parse(text)
+    except ConfigError:
+        return
+    assert version.product is not None
+
+
+@FUZZ
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from([14, 15]))
+def test_role_bits_are_all_accounted_for(mask: int, major: int) -> None:
+    decoded = decode_roles(mask, major)
+    assert decoded.roles <= set(Role)
+    assert decoded.unknown_bits & ~mask == 0  # nothing invented
+    known = mask & ~decoded.unknown_bits
+    assert (known == 0) == (not decoded.names)  # every known bit named, none dropped
+
+
+@FUZZ
+@given(st.text(max_size=60))
+def test_serial_number_text_never_crashes(text: str) -> None:
+    result = version_from_serial(text)
+    assert result is None or (len(result) == 4 and all(part >= 0 for part in result))
+
+
+@FUZZ
+@given(st.integers(min_value=14, max_value=15), st.integers(0, 9), st.integers(0, 9999), st.integers(0, 999))
+def test_serial_numbers_in_exchange_form_round_trip(major: int, minor: int, build: int, rev: int) -> None:
+    shown = build + 30000 if major == 15 else build
+    assert version_from_serial(f"Version {major}.{minor} (Build {shown}.{rev})") == (major, minor, build, rev)
+
+
+@FUZZ
+@given(st.integers(min_value=-(2**33), max_value=2**33))
+def test_version_number_never_crashes(value: int) -> None:
+    result = version_from_number(value)
+    assert result is None or result[0] in (14, 15)
+
+
+hostile = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40)
+
+
+@FUZZ
+@given(hostile, hostile, hostile)
+def test_any_name_survives_the_exposition_format(target: str, site: str, evidence: str) -> None:
+    path = PlanPath("src", "s", target, site, "mailbox", 25, "tcp", "smtp", PathKind.EXCHANGE_EXCHANGE, "tcp")
+    table = PathTable([path])
+    table.record(0, Outcome(State.REFUSED, 0.01, evidence), 1_700_000_000.0)
+    families = {f.name: f for f in text_string_to_metric_families(table.render())}
+    sample = families["exchange_path_up"].samples[0]
+    assert sample.labels["target"] == target and sample.labels["target_site"] == site
+    assert sample.value == 0.0
+    assert not math.isnan(families["exchange_path_connect_seconds"].samples[0].value)
+
+
+_chars = st.text(alphabet=string.printable + "<>&\"'`", max_size=15)
+# a tag the page itself never contains, so finding it raw in the output means it was not escaped
+markup = st.tuples(_chars, st.sampled_from(["img", "svg", "iframe", "object", "IMG"]), _chars).map(
+    lambda parts: f"{parts[0]}<{parts[1]} {parts[2]}"
+)
+
+
+@FUZZ
+@given(markup, markup, markup)
+def test_directory_strings_render_inert_in_the_matrix(name: str, site: str, evidence: str) -> None:
+    rows = [
+        {
+            "source": name,
+            "source_site": site,
+            "target": name + "x",
+            "target_site": site,
+            "target_role": name,
+            "port": 25,
+            "proto": "tcp",
+            "service": name,
+            "state": "refused",
+            "evidence": evidence,
+            "status": "blocked",
+            "classification": "newly_blocked",
+        }
+    ]
+    page = matrix.render_page(
+        matrix.build(rows),
+        [{"path": f"{name}|{name}|1|tcp|tcp", "evidence": evidence}],
+        title=name,
+        subtitle=site,
+    )
+    for value in (name, site, evidence):
+        assert value not in page  # each holds a tag the page never has: only its escaped form may appear
+        assert html.escape(value, quote=True) in page
+
+
+def test_yaml_bombs_are_refused_without_expanding(tmp_path: Path) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)
+    )
+    file = tmp_path / "bomb.yaml"
+    file.write_text(bomb)
+    try:
+        load_inventory(file)
+    except ConfigError as exc:
+        assert "invalid inventory" in str(exc) or "mapping" in str(exc)
+    assert yaml.safe_load(bomb)  # PyYAML builds shared references, not copies: no memory blow-up
