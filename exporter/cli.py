@@ -28,11 +28,12 @@ from exporter.inventory.discover_cli import (
 from exporter.inventory.model import Inventory
 from exporter.inventory.static import load_inventory
 from exporter.plan.planner import Path, Vantage, parse_shard, plan, shard
+from exporter.probes import registry
 
 DEFAULT_PORT = 10135
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 #: checks this build can run; the planner leaves out catalogue rows whose check is not here
-AVAILABLE_CHECKS = frozenset({"tcp"})
+AVAILABLE_CHECKS = frozenset({"tcp", *registry.CHECKS})
 
 log = logging.getLogger("exporter")
 
@@ -62,6 +63,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="this agent's identity, an inventory member's FQDN or name "
         "(default: this host's FQDN; a name outside the inventory makes an observer)",
+    )
+    parser.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="bare TCP connects only: no protocol conversations (DNS, Kerberos, LDAP, SMTP, health pages...) "
+        "and no UDP paths (the demo always runs like this: its listeners speak no protocol)",
+    )
+    parser.add_argument(
+        "--probe.ca-file",
+        dest="probe_ca_file",
+        metavar="FILE",
+        help="CA to verify the targets' TLS certificates with (LDAPS, SMTP STARTTLS, HTTPS; default: the "
+        "system trust store). Verification failures are reported, never fatal",
     )
     parser.add_argument(
         "--shard",
@@ -289,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def is_demo_source(args: argparse.Namespace) -> bool:
+    """The built-in demo organisation is the inventory (no file, no directory)."""
+    return args.command == "demo" or (not args.inventory and not wants_directory(args))
+
+
 def _planner(args: argparse.Namespace, source: str) -> Callable[[Inventory], list[Path]]:
     vantage = Vantage(args.vantage) if args.vantage else None
 
@@ -300,6 +319,7 @@ def _planner(args: argparse.Namespace, source: str) -> Callable[[Inventory], lis
             source,
             vantage=vantage,
             checks=AVAILABLE_CHECKS,
+            connect_only=args.connect_only or is_demo_source(args),
             optional_services=frozenset(args.enable_service),
             source_site=args.source_site,
         )
@@ -376,7 +396,13 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     log.info("baseline: %s", state_file or "in memory")
     prober = Prober(
-        inventory, paths, settings, source=source, tracker=tracker, confirm_delay=max(0.0, args.confirm_delay)
+        inventory,
+        paths,
+        settings,
+        source=source,
+        checks=registry.checks(cafile=args.probe_ca_file),
+        tracker=tracker,
+        confirm_delay=max(0.0, args.confirm_delay),
     )
     log.info(
         "source %s: %d paths to %d members, every %gs, up to %d in flight",
@@ -479,6 +505,7 @@ def run_check(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         attempts=args.attempts,
         max_concurrency=args.max_concurrency,
+        checks=registry.checks(cafile=args.probe_ca_file),
         once=True,
         tick=0.02,
         seed=source,

@@ -7,10 +7,11 @@ client) delays a probe, and nothing a probe does blocks a scrape.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.engine.scheduler import Check, Engine, EngineStats, Target
@@ -49,13 +50,22 @@ class _Recorder:
     """The engine's sink for one plan: hysteresis first, then the table (with the hysteresis view), and a
     quick confirmation probe when a path that was open stops answering."""
 
-    def __init__(self, table: PathTable, tracker: Tracker | None, confirm_delay: float) -> None:
+    def __init__(
+        self,
+        table: PathTable,
+        tracker: Tracker | None,
+        confirm_delay: float,
+        on_epm: Callable[[Path, Outcome], None] | None = None,
+    ) -> None:
         self.table = table
         self.tracker = tracker
         self.confirm_delay = confirm_delay
+        self.on_epm = on_epm
         self.engine: Engine | None = None
 
     def record(self, index: int, outcome: Outcome, wall: float) -> None:
+        if self.on_epm is not None and self.table.paths[index].check == "rpc-epm":
+            self.on_epm(self.table.paths[index], outcome)
         tracker = self.tracker
         if tracker is None:
             self.table.record(index, outcome, wall)
@@ -70,6 +80,21 @@ class _Recorder:
         ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
         if confirming and self.engine is not None and self.confirm_delay > 0:
             self.engine.expedite(index, self.confirm_delay)
+
+
+def dynamic_rpc_paths(epm: Path, outcome: Outcome) -> tuple[Path, ...] | None:
+    """The dynamic RPC ports the endpoint mapper registered, each as a path of its own (service
+    "rpc:<interface>", a bare connect); None when the mapper did not answer properly (keep what we had)."""
+    details = dict(outcome.details)
+    if outcome.state is not State.OPEN or details.get("protocol") != "ok":
+        return None
+    found = []
+    for key, value in outcome.details:
+        if key.startswith("rpc:"):
+            for port in value.split(","):
+                if port.isdigit() and 0 < int(port) < 65536 and int(port) != epm.port:
+                    found.append(dataclasses.replace(epm, port=int(port), service=key, check="tcp"))
+    return tuple(sorted(found, key=lambda p: (p.service, p.port)))
 
 
 def targets_of(paths: Sequence[Path]) -> list[Target]:
@@ -97,6 +122,8 @@ class Prober:
         self.tracker = tracker
         self.confirm_delay = confirm_delay
         self.stats = EngineStats()
+        self.base_paths = list(paths)
+        self.dynamic: dict[str, tuple[Path, ...]] = {}  # target -> its endpoint mapper's dynamic ports
         if tracker is not None:
             tracker.set_plan(paths)
         self.table = PathTable(paths)
@@ -108,7 +135,7 @@ class Prober:
         self.started = time.time()
 
     def _engine_for(self, table: PathTable) -> Engine:
-        recorder = _Recorder(table, self.tracker, self.confirm_delay)
+        recorder = _Recorder(table, self.tracker, self.confirm_delay, self._on_epm)
         engine = Engine(
             targets_of(table.paths),
             recorder,
@@ -151,13 +178,33 @@ class Prober:
     def replace_plan(self, inventory: Inventory, paths: Sequence[Path], timeout: float = 10.0) -> None:
         """Swap in a new plan; results of paths that stay are kept, in-flight probes of the old plan
         are abandoned (never reported). Safe to call from any thread."""
-        table = PathTable(paths, previous=self.table)
+        self.base_paths = list(paths)
+        self._replan(inventory, timeout)
+        log.info("plan replaced: %d paths (%d kept with their results)", len(self.table), self.table.probed)
+
+    def _full_plan(self) -> list[Path]:
+        mappers = {p.target.lower() for p in self.base_paths if p.check == "rpc-epm"}
+        extra = [p for target, found in sorted(self.dynamic.items()) if target in mappers for p in found]
+        return self.base_paths + extra
+
+    def _on_epm(self, epm: Path, outcome: Outcome) -> None:
+        """An endpoint mapper answered: when its dynamic ports changed, re-plan (on the prober's loop)."""
+        found = dynamic_rpc_paths(epm, outcome)
+        key = epm.target.lower()
+        if found is None or self.dynamic.get(key) == found:
+            return
+        self.dynamic[key] = found
+        log.info("%s: dynamic RPC ports %s", epm.target, ", ".join(f"{p.service}:{p.port}" for p in found))
+        self._replan(self.inventory, 10.0)
+
+    def _replan(self, inventory: Inventory, timeout: float) -> None:
+        table = PathTable(self._full_plan(), previous=self.table)
         engine = self._engine_for(table)
 
         async def swap() -> None:
             old_engine, old_runner = self.engine, self._runner
             old_engine.stop()
-            if old_runner is not None:
+            if old_runner is not None and old_runner is not asyncio.current_task():
                 await asyncio.gather(old_runner, return_exceptions=True)
             if self.tracker is not None:
                 self.tracker.set_plan(table.paths)
@@ -165,13 +212,16 @@ class Prober:
             self.plan_changes += 1
             self._runner = asyncio.get_running_loop().create_task(engine.run())
 
-        if self._loop is None or self._thread is None or not self._thread.is_alive():
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
             if self.tracker is not None:
                 self.tracker.set_plan(table.paths)
             self.inventory, self.table, self.engine = inventory, table, engine
             return
-        asyncio.run_coroutine_threadsafe(swap(), self._loop).result(timeout)
-        log.info("plan replaced: %d paths (%d kept with their results)", len(table), table.probed)
+        if threading.current_thread() is self._thread:
+            loop.create_task(swap())  # called from a probe's result: never wait on our own loop
+            return
+        asyncio.run_coroutine_threadsafe(swap(), loop).result(timeout)
 
     def _housekeeping(self) -> None:
         """Age out paths that left the plan longer ago than the grace period."""

@@ -114,7 +114,7 @@ def test_a_path_that_worked_and_is_then_dropped_is_newly_blocked_then_recovers(
     assert path_row(svc, 25)["status"] == "open"
     change = svc.get("/api/v1/changes").json()[0]
     assert (change["path"], change["from_status"], change["to_status"], change["classification"]) == (
-        "monitor.test|ex1.lab.test|2525|tcp|tcp",
+        "monitor.test|ex1.lab.test|2525|tcp|smtp",
         "open",
         "blocked",
         "newly_blocked",

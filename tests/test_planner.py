@@ -7,8 +7,9 @@ from collections import Counter
 import yaml
 
 from exporter.inventory.static import parse_inventory
-from exporter.plan.catalogue import CATALOGUE, PathKind
+from exporter.plan.catalogue import CATALOGUE, CHECKS, PathKind
 from exporter.plan.planner import Path, Vantage, plan
+from exporter.probes import registry
 from tests.test_inventory import GOOD
 
 INV = parse_inventory(yaml.safe_load(GOOD))
@@ -20,7 +21,7 @@ def ports(paths: list[Path], target: str) -> set[tuple[int, str]]:
 
 
 def test_observer_probes_every_members_server_side_ports() -> None:
-    paths = plan(INV, "monitor.contoso.test", checks=TCP)
+    paths = plan(INV, "monitor.contoso.test", connect_only=True)
     assert {p.source_site for p in paths} == {""}
     # Exchange 2019 Mailbox in a DAG: the full internal set incl. DAG ports at the DAG's own port
     assert {port for port, _ in ports(paths, "ex01.contoso.test")} == {
@@ -64,7 +65,7 @@ def test_edge_gets_only_its_documented_paths_and_never_counts() -> None:
 
 
 def test_exchange_member_probes_exchange_and_dcs_but_not_itself_nor_client_ports() -> None:
-    paths = plan(INV, "ex01.contoso.test", checks=TCP)
+    paths = plan(INV, "ex01.contoso.test", connect_only=True)
     assert all(p.source == "ex01.contoso.test" and p.source_site == "HQ" for p in paths)
     assert "ex01.contoso.test" not in {p.target for p in paths}
     assert {p.kind for p in paths} == {PathKind.EXCHANGE_EXCHANGE, PathKind.EXCHANGE_DC, PathKind.EDGE}
@@ -148,4 +149,18 @@ def test_catalogue_rows_are_well_formed() -> None:
     for row in CATALOGUE:
         assert 0 < row.port < 65536 and row.proto in ("tcp", "udp")
         assert row.service == row.service.lower() and " " not in row.service
-        assert (row.proto == "tcp") == (row.check == "tcp")
+        assert row.proto == "tcp" or row.check != "tcp"  # a UDP port is only proven by a protocol answer
+    assert {"tcp", *registry.CHECKS} >= CHECKS  # every check the catalogue names exists in this build
+
+
+def test_protocol_checks_are_planned_where_they_prove_more_than_a_connect() -> None:
+    paths = {(p.target, p.port, p.proto): p.check for p in plan(INV, "ex01.contoso.test")}
+    assert paths[("dc1.contoso.test", 389, "tcp")] == "ldap-rootdse"
+    assert paths[("dc1.contoso.test", 3269, "tcp")] == "gc-ssl"
+    assert paths[("dc1.contoso.test", 135, "tcp")] == "rpc-epm"
+    assert paths[("dc1.contoso.test", 88, "udp")] == "kerberos"
+    assert paths[("ex10.contoso.test", 25, "tcp")] == "smtp"
+    assert paths[("ex10.contoso.test", 443, "tcp")] == "tcp"  # 2010 has no health pages
+    observer = {(p.target, p.port): p.check for p in plan(INV, "monitor.contoso.test")}
+    assert observer[("ex01.contoso.test", 443)] == "https-health"
+    assert observer[("edge1.dmz.test", 25)] == "smtp" and observer[("edge1.dmz.test", 50636)] == "tcp"

@@ -46,6 +46,17 @@ FAMILIES = (
         "Unix time the path entered its current status (pending, open or blocked).",
     ),
     ("exchange_path_last_open_timestamp_seconds", "gauge", "Unix time the path was last seen open."),
+    (
+        "exchange_protocol_up",
+        "gauge",
+        "1 when the service on the path spoke its protocol correctly (DNS, Kerberos, CLDAP, NTP, LDAP, SMTP, "
+        "SMB, RPC endpoint mapper, each Exchange health page), else 0; by check.",
+    ),
+    (
+        "exchange_tls_cert_expiry_timestamp_seconds",
+        "gauge",
+        "Not-after of the TLS certificate the target presented on the port (LDAPS, SMTP STARTTLS, HTTPS).",
+    ),
 )
 _FIELDS = (
     "up_line",
@@ -56,6 +67,8 @@ _FIELDS = (
     "newly_line",
     "since_line",
     "open_line",
+    "protocol_lines",
+    "cert_line",
 )
 
 
@@ -76,6 +89,18 @@ def label_string(path: Path) -> str:
         path.kind.value,
     )
     return ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
+
+
+def protocol_health(check: str, outcome: Outcome) -> list[tuple[str, int]]:
+    """(check label, 1|0) for exchange_protocol_up: one per health page for https-health, else one."""
+    details = dict(outcome.details)
+    if check == "https-health":
+        pages = sorted((k.split(":", 1)[1], v) for k, v in details.items() if k.startswith("health:"))
+        return [(f"https-health:{page}", 1 if verdict == "healthy" else 0) for page, verdict in pages]
+    spoke = outcome.state is State.OPEN and details.get("protocol") == "ok"
+    if check.startswith("https-health:"):
+        spoke = spoke and details.get("health") == "healthy"
+    return [(check, 1 if spoke else 0)]
 
 
 def _number(value: float) -> str:
@@ -99,6 +124,8 @@ class PathResult:
     newly_line: str = ""
     since_line: str = ""
     open_line: str = ""
+    protocol_lines: str = ""
+    cert_line: str = ""
 
 
 class PathTable:
@@ -144,6 +171,18 @@ class PathTable:
                 since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
             if status.last_open is not None:
                 last_open = f"exchange_path_last_open_timestamp_seconds{{{labels}}} {status.last_open:.3f}\n"
+        path = self.paths[index]
+        protocol = cert = ""
+        if path.check != "tcp":
+            protocol = "".join(
+                f'exchange_protocol_up{{{labels},check="{escape_label(check)}"}} {value}\n'
+                for check, value in protocol_health(path.check, outcome)
+            )
+        if outcome.cert_expiry is not None:
+            cert = (
+                f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
+                f'port="{path.port}",service="{escape_label(path.service)}"}} {outcome.cert_expiry:.0f}\n'
+            )
         self._results[index] = PathResult(
             outcome,
             wall,
@@ -156,6 +195,8 @@ class PathTable:
             newly,
             since,
             last_open,
+            protocol,
+            cert,
         )
 
     def results(self) -> list[PathResult | None]:

@@ -76,11 +76,14 @@ ED = PathKind.EDGE
 
 CATALOGUE: tuple[PortEntry, ...] = (
     # ---- Exchange <-> Exchange: what traffic actually uses (the policy is ANY/ANY) ----
-    PortEntry(XX, 25, "tcp", "smtp", "tcp", roles=TRANSPORT, note="FET Default Frontend / 2010 Hub"),
+    PortEntry(XX, 25, "tcp", "smtp", "smtp", roles=TRANSPORT, note="FET Default Frontend / 2010 Hub"),
     PortEntry(XX, 80, "tcp", "http", "tcp", note="Remote PowerShell /PowerShell (Kerberos)"),
-    PortEntry(XX, 135, "tcp", "rpc-epm", "tcp", note="RPC endpoint mapper; dynamic ports follow"),
+    PortEntry(XX, 135, "tcp", "rpc-epm", "rpc-epm", note="RPC endpoint mapper; dynamic ports follow"),
     PortEntry(XX, 139, "tcp", "netbios-ssn", "tcp", products=P2013_UP, note="CAFE remote registry rule"),
-    PortEntry(XX, 443, "tcp", "https", "tcp", note="cross-site proxy and redirect"),
+    PortEntry(
+        XX, 443, "tcp", "https", "https-health", products=P2013_UP, note="cross-site proxy and redirect"
+    ),
+    PortEntry(XX, 443, "tcp", "https", "tcp", products=P2010, note="cross-site proxy and redirect"),
     PortEntry(
         XX,
         444,
@@ -91,13 +94,13 @@ CATALOGUE: tuple[PortEntry, ...] = (
         roles=MBX,
         note="Exchange Back End site: front end proxies every HTTP protocol here",
     ),
-    PortEntry(XX, 445, "tcp", "smb", "tcp", note="SMB, file share witness"),
+    PortEntry(XX, 445, "tcp", "smb", "smb", note="SMB, file share witness"),
     PortEntry(
         XX,
         465,
         "tcp",
         "smtp-clientproxy",
-        "tcp",
+        "smtp",
         products=P2013_UP,
         roles=MBX,
         note="Transport Client Proxy (plain SMTP + STARTTLS)",
@@ -107,19 +110,19 @@ CATALOGUE: tuple[PortEntry, ...] = (
         475,
         "tcp",
         "smtp-delivery",
-        "tcp",
+        "smtp",
         products=P2013_UP,
         roles=MBX,
         note="Mailbox Transport Delivery",
     ),
-    PortEntry(XX, 587, "tcp", "smtp-submission", "tcp", products=P2013_UP, roles=CAS_OR_MBX),
-    PortEntry(XX, 587, "tcp", "smtp-submission", "tcp", products=P2010, roles=HUB),
+    PortEntry(XX, 587, "tcp", "smtp-submission", "smtp", products=P2013_UP, roles=CAS_OR_MBX),
+    PortEntry(XX, 587, "tcp", "smtp-submission", "smtp", products=P2010, roles=HUB),
     PortEntry(
         XX,
         717,
         "tcp",
         "smtp-outproxy",
-        "tcp",
+        "smtp",
         products=P2013_UP,
         roles=CAS_OR_MBX,
         note="Outbound Proxy Frontend",
@@ -130,7 +133,7 @@ CATALOGUE: tuple[PortEntry, ...] = (
         2525,
         "tcp",
         "smtp-transport",
-        "tcp",
+        "smtp",
         products=P2013_UP,
         roles=MBX,
         note="Transport service Default receive connector",
@@ -169,19 +172,19 @@ CATALOGUE: tuple[PortEntry, ...] = (
         note="Outlook Anywhere back end",
     ),
     # ---- Exchange -> domain controllers (KB179442, the 2010 port reference) ----
-    PortEntry(XD, 53, "tcp", "dns", "tcp", roles=DC),
+    PortEntry(XD, 53, "tcp", "dns", "dns-tcp", roles=DC),
     PortEntry(XD, 53, "udp", "dns", "dns", roles=DC),
-    PortEntry(XD, 88, "tcp", "kerberos", "tcp", roles=DC),
+    PortEntry(XD, 88, "tcp", "kerberos", "kerberos-tcp", roles=DC),
     PortEntry(XD, 88, "udp", "kerberos", "kerberos", roles=DC),
     PortEntry(XD, 123, "udp", "ntp", "ntp", roles=DC),
-    PortEntry(XD, 135, "tcp", "rpc-epm", "tcp", roles=DC),
-    PortEntry(XD, 389, "tcp", "ldap", "tcp", roles=DC),
+    PortEntry(XD, 135, "tcp", "rpc-epm", "rpc-epm", roles=DC),
+    PortEntry(XD, 389, "tcp", "ldap", "ldap-rootdse", roles=DC),
     PortEntry(XD, 389, "udp", "cldap", "cldap", roles=DC),
-    PortEntry(XD, 445, "tcp", "smb", "tcp", roles=DC),
+    PortEntry(XD, 445, "tcp", "smb", "smb", roles=DC),
     PortEntry(XD, 464, "tcp", "kpasswd", "tcp", roles=DC),
-    PortEntry(XD, 636, "tcp", "ldaps", "tcp", roles=DC),
-    PortEntry(XD, 3268, "tcp", "gc", "tcp", roles=GC),
-    PortEntry(XD, 3269, "tcp", "gc-ssl", "tcp", roles=GC),
+    PortEntry(XD, 636, "tcp", "ldaps", "ldaps", roles=DC),
+    PortEntry(XD, 3268, "tcp", "gc", "gc", roles=GC),
+    PortEntry(XD, 3269, "tcp", "gc-ssl", "gc-ssl", roles=GC),
     # ---- clients -> Client Access ----
     PortEntry(CX, 80, "tcp", "http", "tcp", roles=CAS_OR_MBX, note="OWA redirect, Autodiscover fallback"),
     PortEntry(
@@ -189,18 +192,22 @@ CATALOGUE: tuple[PortEntry, ...] = (
         443,
         "tcp",
         "https",
-        "tcp",
+        "https-health",
+        products=P2013_UP,
         roles=CAS_OR_MBX,
-        note="Autodiscover, EWS, OWA, ECP, EAS, OAB, MAPI/HTTP, RPC/HTTP",
+        note="Autodiscover, EWS, OWA, ECP, EAS, OAB, MAPI/HTTP, RPC/HTTP: the healthcheck.htm pages",
     ),
-    PortEntry(CX, 587, "tcp", "smtp-submission", "tcp", products=P2013_UP, roles=CAS_OR_MBX),
-    PortEntry(CX, 587, "tcp", "smtp-submission", "tcp", products=P2010, roles=HUB),
+    PortEntry(
+        CX, 443, "tcp", "https", "tcp", products=P2010, roles=CAS_OR_MBX, note="2010 has no health pages"
+    ),
+    PortEntry(CX, 587, "tcp", "smtp-submission", "smtp", products=P2013_UP, roles=CAS_OR_MBX),
+    PortEntry(CX, 587, "tcp", "smtp-submission", "smtp", products=P2010, roles=HUB),
     PortEntry(
         CX,
         135,
         "tcp",
         "rpc-epm",
-        "tcp",
+        "rpc-epm",
         products=P2010,
         roles=CAS,
         note="Outlook RPC/TCP (2010 only) resolves EMSMDB/NSPI here",
@@ -212,10 +219,19 @@ CATALOGUE: tuple[PortEntry, ...] = (
     PortEntry(CX, 5060, "tcp", "um-callrouter-sip", "tcp", products=P_UM, roles=UM, optional=True),
     PortEntry(CX, 5061, "tcp", "um-callrouter-sips", "tcp", products=P_UM, roles=UM, optional=True),
     # ---- Edge Transport (perimeter: filtering allowed, only these are documented) ----
-    PortEntry(ED, 25, "tcp", "smtp", "tcp", roles=EDGE, note="Mailbox Transport -> Edge"),
+    PortEntry(ED, 25, "tcp", "smtp", "smtp", roles=EDGE, note="Mailbox Transport -> Edge"),
     PortEntry(ED, 50636, "tcp", "edgesync", "tcp", roles=EDGE, note="EdgeSync: AD LDS over LDAPS"),
-    PortEntry(ED, 25, "tcp", "smtp", "tcp", roles=MBX, note="Edge -> Mailbox FET Default Frontend"),
+    PortEntry(ED, 25, "tcp", "smtp", "smtp", roles=MBX, note="Edge -> Mailbox FET Default Frontend"),
 )
 
+#: the protocol each non-"tcp" check speaks; "tcp" is a bare connect. https-health fetches every
+#: healthcheck.htm page (one exchange_protocol_up series each); rpc-epm also yields the dynamic RPC ports
+#: of the interfaces that matter, each probed as its own path (service "rpc:<interface>").
+CHECKS = frozenset(entry.check for entry in CATALOGUE)
+
 #: bounded label values, documented in the README
-SERVICES = frozenset(entry.service for entry in CATALOGUE) | {"rpc-static-rca", "rpc-static-ab"}
+SERVICES = (
+    frozenset(entry.service for entry in CATALOGUE)
+    | {"rpc-static-rca", "rpc-static-ab"}
+    | {"rpc:drsuapi", "rpc:netlogon", "rpc:emsmdb", "rpc:nspi"}
+)

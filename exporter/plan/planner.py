@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from collections.abc import Iterable
@@ -127,21 +128,27 @@ def plan(
     checks: frozenset[str] | None = None,
     optional_services: frozenset[str] = frozenset(),
     source_site: str | None = None,
+    connect_only: bool = False,
 ) -> list[Path]:
     """Every path `source` must probe, deduplicated, in a stable order.
 
-    `checks` limits the plan to probe kinds this build can run (None: all of them).
+    `checks` limits the plan to probe kinds this build can run (None: all of them). `connect_only` turns
+    every TCP row into a bare connect and leaves out the UDP rows (whose only proof is a protocol answer).
     """
     me = inventory.find(source)
     where = vantage_of(me, vantage)
     source_site = me.site if me is not None else (source_site or "")
-    paths: dict[tuple[str, int, str, str], Path] = {}
+    paths: dict[tuple[str, int, str], Path] = {}
     for target in inventory.members():
         if me is not None and target is me:
             continue
         if where is Vantage.DC and isinstance(target, DomainController):
             continue  # DC <-> DC replication is AD's business, not Exchange's
         for entry in _expand(_entries_for(where, target, optional_services), target, where):
+            if connect_only:
+                if entry.proto != "tcp":
+                    continue
+                entry = dataclasses.replace(entry, check="tcp")
             if checks is not None and entry.check not in checks:
                 continue
             path = Path(
@@ -157,7 +164,7 @@ def plan(
                 check=entry.check,
                 address=target.address,
             )
-            key = (target.fqdn.lower(), entry.port, entry.proto, entry.check)
+            key = (target.fqdn.lower(), entry.port, entry.proto)  # one path (and series) per port
             existing = paths.get(key)
             if existing is None or _KIND_PRIORITY[path.kind] < _KIND_PRIORITY[existing.kind]:
                 paths[key] = path

@@ -7,8 +7,12 @@ present. `checks(cafile=...)` builds the TLS checks against a private CA (the sy
 
 from __future__ import annotations
 
-from exporter.engine.scheduler import Check
+import asyncio
+
+from exporter.engine.resolver import Resolved
+from exporter.engine.scheduler import Check, Target
 from exporter.probes import cldap, dns, http, kerberos, ldap, ntp, rpc, smb, smtp
+from exporter.probes.outcome import Outcome, State
 
 
 def checks(cafile: str | None = None, kerberos_principal: str | None = None) -> dict[str, Check]:
@@ -30,7 +34,51 @@ def checks(cafile: str | None = None, kerberos_principal: str | None = None) -> 
     }
     for name in http.VDIRS:
         table[f"https-health:{name}"] = http.health_check(name, cafile=cafile)
+    table["https-health"] = all_health_pages({name: table[f"https-health:{name}"] for name in http.VDIRS})
     return table
+
+
+def all_health_pages(pages: dict[str, Check]) -> Check:
+    """One check for port 443: every healthcheck.htm page, fetched concurrently, folded into one Outcome.
+
+    The connectivity verdict is the pages' (they share the port); each page's health is a detail
+    ("health:<vdir>", "healthy" | ...) from which the exporter makes one exchange_protocol_up series each.
+    """
+
+    async def check(resolved: Resolved, target: Target, timeout: float, attempts: int) -> Outcome:
+        names = list(pages)
+        results = await asyncio.gather(*(pages[n](resolved, target, timeout, attempts) for n in names))
+        answered = [o for o in results if o.state is State.OPEN]
+        lead = answered[0] if answered else results[0]
+        details = dict(lead.details)
+        for key in [k for k in details if k.startswith("health")]:
+            del details[key]
+        healthy = 0
+        for name, outcome in zip(names, results, strict=True):
+            page = dict(outcome.details)
+            verdict = page.get("health") or page.get("protocol") or outcome.state.value
+            details[f"health:{name}"] = verdict
+            healthy += verdict == "healthy"
+        sick = [
+            f"{n}: {o.evidence}"
+            for n, o in zip(names, results, strict=True)
+            if dict(o.details).get("health") != "healthy"
+        ]
+        if lead.state is not State.OPEN:
+            evidence = lead.evidence
+        else:
+            evidence = f"{healthy}/{len(names)} health pages healthy" + (f"; {sick[0]}" if sick else "")
+        expiries = [o.cert_expiry for o in results if o.cert_expiry is not None]
+        return Outcome(
+            lead.state,
+            max((o.rtt for o in results if o.rtt is not None), default=None),
+            evidence[:300],
+            max(o.attempts for o in results),
+            tuple(details.items()),
+            min(expiries) if expiries else None,
+        )
+
+    return check
 
 
 CHECKS: dict[str, Check] = checks()
