@@ -25,8 +25,8 @@ system-deps:
 	scripts/system-deps.sh test
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench dashboards
-	$(BIN)/ruff format --check exporter tests bench dashboards
+	$(BIN)/ruff check exporter tests bench dashboards deploy
+	$(BIN)/ruff format --check exporter tests bench dashboards deploy
 	$(BIN)/python -m dashboards.build --check
 
 typecheck: $(STAMP)

@@ -18,6 +18,7 @@ from exporter.inventory.model import Inventory
 from exporter.inventory.refresh import InventoryRefresher
 from exporter.outputs import matrix, mesh, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
+from exporter.outputs.limits import RequestLimits
 from exporter.plan.planner import Path
 from exporter.prober import Prober
 from exporter.probes.outcome import State
@@ -52,6 +53,7 @@ def create_app(
         version=__version__,
         description="Proves that every network path an Exchange organisation needs is open.",
     )
+    app.add_middleware(RequestLimits)
     registry = metrics.build_registry(prober, refresher)
     app.state.prober = prober
     settings = mesh_settings or MeshSettings()

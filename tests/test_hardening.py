@@ -1,0 +1,151 @@
+"""What a caller can and cannot make the service do: no open proxy, bounded requests, rate limits,
+and Alertmanager's inhibition of per-port pages while a whole host is unreachable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import Listeners, free_port
+from tests.lab.monitoring import Alertmanager, Webhook, alertmanager_config
+from tests.test_engine import loopback_org
+from tests.test_service import Service, start_service
+
+EXPECTED_ROUTES = {
+    "/metrics",
+    "/-/healthy",
+    "/-/ready",
+    "/api/v1/paths",
+    "/api/v1/changes",
+    "/api/v1/verdict",
+    "/api/v1/mesh",
+    "/api/v1/sd",
+    "/matrix",
+    "/matrix/fragment",
+    "/",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/openapi.json",
+    "/redoc",
+}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    work = tmp_path_factory.mktemp("hardening")
+    inventory = work / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(loopback_org("127.0.41.", servers=1)))
+    svc = start_service(
+        [
+            "serve",
+            "--inventory",
+            str(inventory),
+            "--source",
+            "o",
+            "--interval",
+            "5",
+            "--timeout",
+            "0.3",
+            "--state-file",
+            "",
+        ]
+    )
+    yield svc
+    svc.proc.terminate()
+    svc.proc.wait(10)
+
+
+def probes_total(svc: Service) -> float:
+    text = svc.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("exchange_probes_total{")
+    )
+
+
+def test_no_endpoint_probes_an_address_a_caller_names(service: Service, listeners: Listeners) -> None:
+    """blackbox_exporter's /probe?target= is an open proxy by design; this service has no such thing."""
+    from exporter.cli import build_parser  # noqa: F401 - the CLI is the only way to add targets
+
+    spec = service.get("/openapi.json").json()
+    assert set(spec["paths"]) <= EXPECTED_ROUTES
+    for path, operations in spec["paths"].items():
+        assert set(operations) == {"get"}, path  # nothing takes a body
+    bait = listeners.open("127.0.41.99")
+    before = probes_total(service)
+    for url in (
+        f"/probe?target=127.0.41.99:{bait}&module=tcp_connect",
+        "/api/v1/paths?target=127.0.41.99",
+        f"/api/v1/mesh?target=127.0.41.99:{bait}",
+        "/matrix?target=127.0.41.99",
+    ):
+        assert service.get(url).status_code in (200, 404, 422), url
+    time.sleep(0.5)
+    listeners.sockets[-1].settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        listeners.sockets[-1].accept()  # nobody connected to the bait
+    assert probes_total(service) >= before
+
+
+def test_oversized_requests_are_refused_cleanly(service: Service) -> None:
+    assert httpx.get(service.base + "/api/v1/paths?target=" + "x" * 5000, timeout=5).status_code == 414
+    big = {"X-Filler": "y" * 40_000}
+    assert httpx.get(service.base + "/api/v1/paths", headers=big, timeout=5).status_code in (431, 400)
+    posted = httpx.post(service.base + "/api/v1/paths", content=b"z" * 100_000, timeout=5)
+    assert posted.status_code == 413
+    assert httpx.post(service.base + "/api/v1/paths", timeout=5).status_code == 405
+
+
+def test_a_client_hammering_the_api_is_rate_limited_but_scrapes_go_on(service: Service) -> None:
+    codes = [httpx.get(service.base + "/api/v1/verdict", timeout=5).status_code for _ in range(120)]
+    assert 429 in codes and codes[0] == 200
+    limited = httpx.get(service.base + "/api/v1/verdict", timeout=5)
+    assert limited.status_code in (200, 429)
+    if limited.status_code == 429:
+        assert limited.headers["retry-after"] == "1"
+    assert httpx.get(service.base + "/metrics", timeout=5).status_code == 200  # its own budget
+    time.sleep(2.5)
+    assert httpx.get(service.base + "/api/v1/verdict", timeout=5).status_code == 200  # refilled
+
+
+def test_host_unreachable_inhibits_the_per_port_pages(tmp_path: Path) -> None:
+    """Real Alertmanager with the shipped example: when ExchangeTargetUnreachable fires for a host, the
+    per-port ExchangeRequiredPathNewlyBlocked alerts to that host are not sent; to another host they are."""
+    hook = Webhook().start()
+    am = Alertmanager(tmp_path, free_port(), alertmanager_config(hook, group_wait="1s", group_interval="2s"))
+    try:
+        common = {"source": "ex0.lab.test", "source_site": "HQ", "target_site": "Branch", "instance": "a:1"}
+
+        def alert(name: str, target: str, severity: str, **extra: str) -> dict[str, Any]:
+            return {"labels": {"alertname": name, "severity": severity, "target": target, **common, **extra}}
+
+        alerts = [
+            alert("ExchangeTargetUnreachable", "ex1.lab.test", "critical"),
+            alert("ExchangeRequiredPathNewlyBlocked", "ex1.lab.test", "critical", port="25"),
+            alert("ExchangeRequiredPathNewlyBlocked", "ex1.lab.test", "critical", port="2525"),
+            alert("ExchangeRequiredPathNewlyBlocked", "ex2.lab.test", "critical", port="25"),
+        ]
+        response = httpx.post(am.url + "/api/v2/alerts", json=alerts, timeout=10)
+        assert response.status_code == 200, response.text
+        note = hook.wait_for(lambda n: n.receiver_path == "/pager", timeout=30)
+        time.sleep(3)
+        sent = {
+            (a["labels"]["alertname"], a["labels"]["target"], a["labels"].get("port"))
+            for n in hook.notifications
+            for a in n.body["alerts"]
+        }
+        assert sent == {
+            ("ExchangeTargetUnreachable", "ex1.lab.test", None),
+            ("ExchangeRequiredPathNewlyBlocked", "ex2.lab.test", "25"),
+        }
+        assert note.body["groupLabels"] == {"source_site": "HQ", "target_site": "Branch"}
+    finally:
+        am.stop()
+        hook.stop()
