@@ -242,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_directory_arguments(serve)
     _mesh_flags(serve)
     serve.add_argument(
+        "--inventory-reload-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="check the --inventory file this often and re-plan when it changed (default 10; 0 disables); "
+        "a file that no longer validates is reported and the running plan kept",
+    )
+    serve.add_argument(
         "--discovery-interval",
         type=_positive,
         default=900.0,
@@ -413,6 +421,14 @@ def run_serve(args: argparse.Namespace) -> int:
         prober.engine.limit,
     )
     prober.start()
+    reloader = None
+    if args.command == "serve" and args.inventory and args.inventory_reload_interval > 0:
+        from exporter.service import FileReloader
+
+        reloader = FileReloader(
+            args.inventory, prober, _planner(args, source), load_inventory, args.inventory_reload_interval
+        )
+        reloader.start()
     discovery = None
     if refresher is not None:
         from exporter.service import DiscoveryLoop
@@ -424,7 +440,9 @@ def run_serve(args: argparse.Namespace) -> int:
     def plan_for(inventory: Inventory, identity: str) -> list[Path]:
         return _planner(args, identity)(inventory)
 
-    app: Any = create_app(prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for)
+    app: Any = create_app(
+        prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for, reloader=reloader
+    )
     tls_kwargs: dict[str, Any] = {}
     if web is not None:
         if web.basic_auth:
@@ -452,6 +470,8 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         if discovery is not None:
             discovery.stop()
+        if reloader is not None:
+            reloader.stop()
         prober.stop()
         store.close()
         if listeners is not None:

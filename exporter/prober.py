@@ -127,12 +127,18 @@ class Prober:
         if tracker is not None:
             tracker.set_plan(paths)
         self.table = PathTable(paths)
+        self._seed(self.table)
         self.engine = self._engine_for(self.table)
         self.plan_changes = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Future[None] | None = None
         self.started = time.time()
+
+    def _seed(self, table: PathTable) -> None:
+        if self.tracker is not None:
+            for index in range(len(table)):
+                table.seed(index, self.tracker.view(index))
 
     def _engine_for(self, table: PathTable) -> Engine:
         recorder = _Recorder(table, self.tracker, self.confirm_delay, self._on_epm)
@@ -208,6 +214,7 @@ class Prober:
                 await asyncio.gather(old_runner, return_exceptions=True)
             if self.tracker is not None:
                 self.tracker.set_plan(table.paths)
+                self._seed(table)
             self.inventory, self.table, self.engine = inventory, table, engine
             self.plan_changes += 1
             self._runner = asyncio.get_running_loop().create_task(engine.run())
@@ -216,6 +223,7 @@ class Prober:
         if loop is None or self._thread is None or not self._thread.is_alive():
             if self.tracker is not None:
                 self.tracker.set_plan(table.paths)
+                self._seed(table)
             self.inventory, self.table, self.engine = inventory, table, engine
             return
         if threading.current_thread() is self._thread:

@@ -22,6 +22,7 @@ from exporter.outputs.limits import RequestLimits
 from exporter.plan.planner import Path
 from exporter.prober import Prober
 from exporter.probes.outcome import State
+from exporter.service import FileReloader
 
 MAX_PATHS_PAGE = 100_000
 MAX_CHANGES_PAGE = 10_000
@@ -47,6 +48,7 @@ def create_app(
     refresher: InventoryRefresher | None = None,
     mesh_settings: MeshSettings | None = None,
     planner: Callable[[Inventory, str], list[Path]] | None = None,
+    reloader: FileReloader | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="exchange-firewall-exporter",
@@ -54,7 +56,7 @@ def create_app(
         description="Proves that every network path an Exchange organisation needs is open.",
     )
     app.add_middleware(RequestLimits)
-    registry = metrics.build_registry(prober, refresher)
+    registry = metrics.build_registry(prober, refresher, reloader)
     app.state.prober = prober
     settings = mesh_settings or MeshSettings()
 

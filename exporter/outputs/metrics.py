@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.inventory.refresh import InventoryRefresher
 from exporter.prober import Prober
+from exporter.service import FileReloader
 from exporter.state.tracker import Verdict
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -175,9 +176,35 @@ class DiscoveryCollector(Collector):
         )
 
 
-def build_registry(prober: Prober, refresher: InventoryRefresher | None = None) -> CollectorRegistry:
+class ReloadCollector(Collector):
+    """Reloads of the static inventory file."""
+
+    def __init__(self, reloader: FileReloader) -> None:
+        self.reloader = reloader
+
+    def collect(self) -> Iterable[Metric]:
+        reloads = CounterMetricFamily(
+            "exchange_inventory_reloads",
+            "Reloads of the inventory file after it changed, by result.",
+            labels=["result"],
+        )
+        for result, count in sorted(self.reloader.reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "exchange_inventory_file_valid",
+            "0 when the inventory file changed and no longer validates (the last good plan runs on).",
+            value=0 if self.reloader.last_error else 1,
+        )
+
+
+def build_registry(
+    prober: Prober, refresher: InventoryRefresher | None = None, reloader: FileReloader | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExporterCollector(prober))
+    if reloader is not None:
+        registry.register(ReloadCollector(reloader))
     if refresher is not None:
         registry.register(DiscoveryCollector(refresher))
     ProcessCollector(registry=registry)

@@ -91,6 +91,40 @@ def label_string(path: Path) -> str:
     return ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
 
 
+@dataclass(frozen=True, slots=True)
+class _Seed:
+    """A path's remembered status lines, exported until its first probe in this process."""
+
+    blocked_line: str
+    newly_line: str
+    since_line: str
+    open_line: str
+    up_line: str = ""
+    state_lines: str = ""
+    rtt_line: str = ""
+    ts_line: str = ""
+    protocol_lines: str = ""
+    cert_line: str = ""
+
+
+def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str, str]:
+    if status is None:
+        return "", "", "", ""
+    is_blocked = status.status is Status.BLOCKED
+    is_new = is_blocked and status.classification is Classification.NEWLY_BLOCKED
+    since = last_open = ""
+    if status.state_since is not None:
+        since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
+    if status.last_open is not None:
+        last_open = f"exchange_path_last_open_timestamp_seconds{{{labels}}} {status.last_open:.3f}\n"
+    return (
+        f"exchange_path_blocked{{{labels}}} {1 if is_blocked else 0}\n",
+        f"exchange_path_newly_blocked{{{labels}}} {1 if is_new else 0}\n",
+        since,
+        last_open,
+    )
+
+
 def protocol_health(check: str, outcome: Outcome) -> list[tuple[str, int]]:
     """(check label, 1|0) for exchange_protocol_up: one per health page for https-health, else one."""
     details = dict(outcome.details)
@@ -137,6 +171,7 @@ class PathTable:
         self._results: list[PathResult | None] = [None] * len(self.paths)
         self._state_cache: list[tuple[State, str, str] | None] = [None] * len(self.paths)
         self.probed = 0  # paths with at least one result
+        self._seeds: list[_Seed | None] = [None] * len(self.paths)
         if previous is not None:
             carried = {p.key: r for p, r in previous.items() if r is not None}
             for index, path in enumerate(self.paths):
@@ -161,16 +196,7 @@ class PathTable:
         rtt = outcome.rtt if outcome.rtt is not None else math.nan
         if self._results[index] is None:
             self.probed += 1
-        blocked = newly = since = last_open = ""
-        if status is not None:
-            is_blocked = status.status is Status.BLOCKED
-            is_new = is_blocked and status.classification is Classification.NEWLY_BLOCKED
-            blocked = f"exchange_path_blocked{{{labels}}} {1 if is_blocked else 0}\n"
-            newly = f"exchange_path_newly_blocked{{{labels}}} {1 if is_new else 0}\n"
-            if status.state_since is not None:
-                since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
-            if status.last_open is not None:
-                last_open = f"exchange_path_last_open_timestamp_seconds{{{labels}}} {status.last_open:.3f}\n"
+        blocked, newly, since, last_open = _status_lines(labels, status)
         path = self.paths[index]
         protocol = cert = ""
         if path.check != "tcp":
@@ -199,6 +225,14 @@ class PathTable:
             cert,
         )
 
+    def seed(self, index: int, status: PathStatus) -> None:
+        """Export a path's remembered status (from the baseline) before this process has probed it, so a
+        restart does not make a blocked path's series vanish and its page resolve and fire again."""
+        if status.status is Status.PENDING or self._results[index] is not None:
+            return
+        blocked, newly, since, last_open = _status_lines(self._labels[index], status)
+        self._seeds[index] = _Seed(blocked, newly, since, last_open)
+
     def results(self) -> list[PathResult | None]:
         """A copy of the current results, index-aligned with `paths`."""
         return list(self._results)
@@ -208,7 +242,12 @@ class PathTable:
 
     def render(self) -> str:
         """The four per-path families in the text exposition format (paths never probed are left out)."""
-        snapshot = [r for r in self.results() if r is not None]
+        seeds = self._seeds
+        snapshot: list[PathResult | _Seed] = []
+        for index, result in enumerate(self.results()):
+            chosen = result if result is not None else seeds[index]
+            if chosen is not None:
+                snapshot.append(chosen)
         parts: list[str] = []
         for (name, kind, help_text), field in zip(FAMILIES, _FIELDS, strict=True):
             body = "".join(map(attrgetter(field), snapshot))
