@@ -38,6 +38,8 @@ unit: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.tcp_vs_blackbox
 	$(BIN)/python -m bench.scrape
+	$(BIN)/python -m bench.cycle
+	$(BIN)/python -m bench.discovery
 
 ## lock: refresh requirements.lock from pyproject.toml (needs uv)
 lock:

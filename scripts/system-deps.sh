@@ -10,7 +10,7 @@ need_test="nft:nftables ip:iproute2 unshare:util-linux mount:mount openssl:opens
   promtool:prometheus prometheus:prometheus amtool:prometheus-alertmanager \
   prometheus-alertmanager:prometheus-alertmanager prometheus-blackbox-exporter:prometheus-blackbox-exporter \
   chromium:chromium samba-tool:samba samba:samba-ad-dc smbclient:smbclient ldapsearch:ldap-utils \
-  chronyd:chrony systemd-analyze:systemd"
+  chronyd:chrony systemd-analyze:systemd faketime:faketime"
 # packages without a command of their own, found by a file they install (path:package)
 need_files="/usr/share/samba/setup/ad-schema:samba-ad-provision \
   /usr/lib/python3/dist-packages/samba:python3-samba /usr/sbin/winbindd:winbind \

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from exporter.probes.outcome import State
 
 POSITIVE_TTL = 300.0
+MAX_LITERALS = 1_000_000
 NEGATIVE_TTL = 30.0
 
 _LOCAL_GAI = {
@@ -50,12 +51,21 @@ class Resolver:
     def __init__(self, family: int = socket.AF_UNSPEC) -> None:
         self.family = family
         self._cache: dict[str, tuple[float, Resolved | ResolveFailure]] = {}
+        self._literals: dict[str, Resolved] = {}
+        self._names: set[str] = set()  # known not to be literal addresses
         self._pending: dict[str, asyncio.Future[Resolved | ResolveFailure]] = {}
 
     def cached(self, name: str, now: float | None = None) -> Resolved | ResolveFailure | None:
-        fixed = literal(name)
+        fixed = self._literals.get(name)
         if fixed is not None:
             return fixed
+        if name not in self._names:
+            fixed = literal(name)
+            if fixed is not None:
+                if len(self._literals) < MAX_LITERALS:
+                    self._literals[name] = fixed  # parsed once, not on every probe
+                return fixed
+            self._names.add(name)
         entry = self._cache.get(name)
         if entry is None:
             return None

@@ -191,7 +191,8 @@ class Engine:
         # update the recent-lag window
         while self._lag_window and self._lag_window[0][0] < now - 10.0:
             self._lag_window.popleft()
-        self.stats.lag_max_recent = max((lag for _t, lag in self._lag_window), default=0.0)
+        # the window is kept decreasing in lag (see _start), so its head is the maximum: O(1) per tick
+        self.stats.lag_max_recent = self._lag_window[0][1] if self._lag_window else 0.0
         self._handle = self._loop.call_at(now + self.tick, self._tick)
 
     def expedite(self, index: int, delay: float) -> None:
@@ -240,7 +241,10 @@ class Engine:
         if attempt.attempt == 1 and not attempt.extra:
             lag = max(0.0, now - attempt.due)
             self.stats.lag_last = lag
-            self._lag_window.append((now, lag))
+            window = self._lag_window
+            while window and window[-1][1] <= lag:  # a later, larger lag supersedes smaller ones
+                window.pop()
+            window.append((now, lag))
         resolved = attempt.resolved or self.resolver.cached(target.host, now)
         if resolved is None:
             self._begin_async(attempt, self._resolve_then_start(attempt))
