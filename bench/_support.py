@@ -72,7 +72,8 @@ class Netns:
             if self.nft_rules:
                 subprocess.run(
                     ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
-                    input=self.nft_rules.encode(), check=True,
+                    input=self.nft_rules.encode(),
+                    check=True,
                 )
         except BaseException:
             self._delete(quiet=True)
@@ -142,8 +143,14 @@ class HttpResult:
 
 
 def http_get(
-    port: int, path: str, *, gzip_ok: bool = False, timeout: float = 60.0, keep_body: bool = True,
-    host: str = "127.0.0.1", body_limit: int | None = None,
+    port: int,
+    path: str,
+    *,
+    gzip_ok: bool = False,
+    timeout: float = 60.0,
+    keep_body: bool = True,
+    host: str = "127.0.0.1",
+    body_limit: int | None = None,
 ) -> HttpResult:
     """One GET on a fresh connection, timed from the request to the last byte (cheap on the client).
 
@@ -280,20 +287,34 @@ def inventory_data(groups: Sequence[tuple[str, int]]) -> dict[str, Any]:
         n_servers, n_gcs, n_dcs = _composition(n_paths)
         i = 0
         for s in range(n_servers):
-            servers.append({
-                "name": f"EX{g}{s:05d}", "fqdn": f"ex{g}{s:05d}.corp{g}.bench.example",
-                "address": _address(prefix, i), "roles": ["mailbox"], "version": "15.2.1544.4",
-                "site": f"Site-{s % 40:02d}",
-            })
+            servers.append(
+                {
+                    "name": f"EX{g}{s:05d}",
+                    "fqdn": f"ex{g}{s:05d}.corp{g}.bench.example",
+                    "address": _address(prefix, i),
+                    "roles": ["mailbox"],
+                    "version": "15.2.1544.4",
+                    "site": f"Site-{s % 40:02d}",
+                }
+            )
             i += 1
         for d in range(n_gcs + n_dcs):
-            dcs.append({
-                "name": f"DC{g}{d:05d}", "fqdn": f"dc{g}{d:05d}.corp{g}.bench.example",
-                "address": _address(prefix, i), "site": f"Site-{d % 40:02d}", "global_catalog": d < n_gcs,
-            })
+            dcs.append(
+                {
+                    "name": f"DC{g}{d:05d}",
+                    "fqdn": f"dc{g}{d:05d}.corp{g}.bench.example",
+                    "address": _address(prefix, i),
+                    "site": f"Site-{d % 40:02d}",
+                    "global_catalog": d < n_gcs,
+                }
+            )
             i += 1
-    return {"organisation": "Bench Organisation", "servers": servers, "domain_controllers": dcs,
-            "_paths": sum(n for _prefix, n in groups)}
+    return {
+        "organisation": "Bench Organisation",
+        "servers": servers,
+        "domain_controllers": dcs,
+        "_paths": sum(n for _prefix, n in groups),
+    }
 
 
 def write_inventory(path: Path, data: dict[str, Any]) -> None:
@@ -359,8 +380,11 @@ class Process:
         self.log = log_dir / f"{name}.log"
         self._log = self.log.open("wb")
         self.popen = subprocess.Popen(
-            self.cmd, cwd=REPO, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if stdout_pipe else self._log, stderr=self._log,
+            self.cmd,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if stdout_pipe else self._log,
+            stderr=self._log,
         )
 
     @property
@@ -401,13 +425,23 @@ class Process:
 @functools.cache
 def serve_flags() -> frozenset[str]:
     """The long options this checkout's `serve` accepts (the CLI is still growing)."""
-    out = subprocess.run([sys.executable, "-m", "exporter", "serve", "--help"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return frozenset(word.rstrip(",=") for word in out.split() if word.startswith("--"))
 
 
 def serve_cmd(
-    inventory: Path, port: int, *, interval: float, timeout: float, attempts: int = 3,
+    inventory: Path,
+    port: int,
+    *,
+    interval: float,
+    timeout: float,
+    attempts: int = 3,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The production command line (`exchange-firewall-exporter serve ...`, via `python -m exporter`).
@@ -418,9 +452,24 @@ def serve_cmd(
     benchmarks compare and count.
     """
     cmd = [
-        sys.executable, "-m", "exporter", "serve", "--inventory", str(inventory), "--source", SOURCE,
-        "--web.listen-address", f"127.0.0.1:{port}", "--interval", f"{interval:g}",
-        "--timeout", f"{timeout:g}", "--attempts", str(attempts), "--log.level", "warning",
+        sys.executable,
+        "-m",
+        "exporter",
+        "serve",
+        "--inventory",
+        str(inventory),
+        "--source",
+        SOURCE,
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--interval",
+        f"{interval:g}",
+        "--timeout",
+        f"{timeout:g}",
+        "--attempts",
+        str(attempts),
+        "--log.level",
+        "warning",
     ]
     if "--connect-only" in serve_flags():
         cmd.append("--connect-only")
@@ -432,11 +481,15 @@ def serve_cmd(
 def start_listeners(endpoints: Sequence[tuple[str, int]], log_dir: Path, max_seconds: float) -> Process:
     """A process accepting (and closing) connections on every endpoint: the 'open' targets."""
     spec = log_dir / "listen.txt"
-    spec.write_text("".join(
-        f"{host if host == '0.0.0.0' else check_loopback(host)} {port}\n" for host, port in endpoints
-    ))
-    proc = Process("listeners", [sys.executable, "-m", "bench._listener", str(spec), f"{max_seconds:g}"],
-                   log_dir, stdout_pipe=True)
+    spec.write_text(
+        "".join(f"{host if host == '0.0.0.0' else check_loopback(host)} {port}\n" for host, port in endpoints)
+    )
+    proc = Process(
+        "listeners",
+        [sys.executable, "-m", "bench._listener", str(spec), f"{max_seconds:g}"],
+        log_dir,
+        stdout_pipe=True,
+    )
     assert proc.popen.stdout is not None
     line = proc.popen.stdout.readline().decode().strip()
     if not line.startswith("ready"):
@@ -448,6 +501,7 @@ def start_listeners(endpoints: Sequence[tuple[str, int]], log_dir: Path, max_sec
 def environment() -> str:
     """One line saying what was measured where: commit (and whether exporter/ had local edits), CPU,
     kernel, Python, load average. Read-only git."""
+
     def run(*cmd: str) -> str:
         try:
             return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()

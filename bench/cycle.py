@@ -122,12 +122,16 @@ def inner(args: argparse.Namespace) -> int:
         endpoints = planned_endpoints(data)
         open_endpoints = [(h, p) for h, p in endpoints if h.startswith(OPEN + ".")]
         with start_listeners(open_endpoints, work, run_for + 120.0):
-            cmd = serve_cmd(inventory, PORT, interval=args.interval, timeout=args.timeout,
-                            attempts=args.attempts)
+            cmd = serve_cmd(
+                inventory, PORT, interval=args.interval, timeout=args.timeout, attempts=args.attempts
+            )
             started = time.monotonic()
             with Process("serve", cmd, work) as proc:
-                print(f"cycle: {args.paths} paths ({groups}), running {run_for:g}s ...", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"cycle: {args.paths} paths ({groups}), running {run_for:g}s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 text = ""
                 next_poll = started
                 while time.monotonic() - started < run_for:
@@ -186,8 +190,12 @@ def report(r: CycleResult, args: argparse.Namespace) -> str:
     total = sum(probes.values())
     cpu = (last.cpu - first.cpu) / span if span else float("nan")
     ok_lag = r.max_lag < LAG_GOAL
-    ok_ready = r.ready_s is not None and r.healthy_s is not None and (
-        r.ready_s - r.healthy_s <= r.interval + r.attempts * r.timeout + 1.0  # 1 s: our /-/ready polling
+    ok_ready = (
+        r.ready_s is not None
+        and r.healthy_s is not None
+        and (
+            r.ready_s - r.healthy_s <= r.interval + r.attempts * r.timeout + 1.0  # 1 s: our /-/ready polling
+        )
     )
     ok_ages = r.unprobed == 0 and r.final_ages.get("max", float("inf")) <= age_limit
     lines = [
@@ -236,8 +244,11 @@ def _nofile() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench.cycle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cycle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--paths", type=int, default=20000)
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=2.0)

@@ -136,9 +136,24 @@ def profile(pid: int, work: Path, rounds: int) -> list[tuple[str, float]]:
     out = work / "scrape-profile.txt"
     duration = 4 * rounds + 8
     spy_proc = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-d", str(duration), "-r", "200", "-f", "raw", "-o", str(out),
-         "--threads", "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(duration),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--threads",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)
     for _ in range(rounds):
@@ -174,8 +189,10 @@ def report(results: list[SizeResult]) -> str:
         def span(values: list[float]) -> str:
             return f"{median(values) * 1000:.0f} ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
 
-        goal = "met" if max(median(plain), median(gz)) < GOAL_S else (
-            "plain met, gzip missed" if median(plain) < GOAL_S else "missed"
+        goal = (
+            "met"
+            if max(median(plain), median(gz)) < GOAL_S
+            else ("plain met, gzip missed" if median(plain) < GOAL_S else "missed")
         )
         lines.append(
             f"| {r.paths} | {r.body_bytes / 1e6:.1f} MB | {r.gzip_bytes / 1e6:.1f} MB | {span(plain)} "
@@ -208,8 +225,12 @@ def inner(args: argparse.Namespace) -> int:
         ports = sorted({port for _host, port in planned_endpoints(inventory_data([("127.2", 48)]))})
         with start_listeners([("0.0.0.0", port) for port in ports], work, 900.0):
             for size in sizes:
-                print(f"scrape: {size} paths, waiting for every path to be probed once "
-                      f"(~{args.interval:g}s) ...", file=sys.stderr, flush=True)
+                print(
+                    f"scrape: {size} paths, waiting for every path to be probed once "
+                    f"(~{args.interval:g}s) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results.append(measure(size, work, args))
     text = report(results)
     print(f"at start: {started_env}\nat end:   {environment()}\n")
@@ -221,8 +242,11 @@ def inner(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench.scrape", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scrape",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated path counts")
     parser.add_argument("--rounds", type=int, default=5, help="scrapes of each kind per size")
     parser.add_argument("--interval", type=float, default=30.0, help="the service's --interval")

@@ -127,9 +127,14 @@ def measure_ours(
         }
         probes = int(metrics["exchange_probes_total"] - m0["exchange_probes_total"])
         filtered = states.get("filtered", 0.0)
-        side = Side(probes, t1 - t0, c1 - c0, {k: v for k, v in states.items() if v},
-                    attempts_per_probe=1 + (attempts - 1) * filtered / probes if probes else 1.0,
-                    concurrency=int(metrics.get("exchange_probes_in_flight", 0)))
+        side = Side(
+            probes,
+            t1 - t0,
+            c1 - c0,
+            {k: v for k, v in states.items() if v},
+            attempts_per_probe=1 + (attempts - 1) * filtered / probes if probes else 1.0,
+            concurrency=int(metrics.get("exchange_probes_in_flight", 0)),
+        )
         out[mix] = side
     return out
 
@@ -221,9 +226,14 @@ async def drive_blackbox(
         conn.close()
     await asyncio.sleep(0.2)
     probes = d1 - d0
-    side = Side(probes, t1 - t0, c1 - c0, {"success": s1 - s0, "failure": probes - (s1 - s0)},
-                concurrency=connections,
-                client_cpu=(me1.user + me1.system) - (me0.user + me0.system))
+    side = Side(
+        probes,
+        t1 - t0,
+        c1 - c0,
+        {"success": s1 - s0, "failure": probes - (s1 - s0)},
+        concurrency=connections,
+        client_cpu=(me1.user + me1.system) - (me0.user + me0.system),
+    )
     if driver.bad:
         raise RuntimeError(f"blackbox answered {driver.bad} probes with a non-200 status")
     return side, (s1 - s0) / probes if probes else 0.0
@@ -273,8 +283,10 @@ def report(
     for mix in MIXES:
         o, b = ours[mix], bb[mix]
         per_attempt = o.cpu_ms_per_probe / o.attempts_per_probe
-        lines.append(f"  {mix}: ours {per_attempt:.4f} ms/attempt, blackbox {b.cpu_ms_per_probe:.4f} "
-                     f"ms/attempt, ratio {b.cpu_ms_per_probe / per_attempt:.2f}x")
+        lines.append(
+            f"  {mix}: ours {per_attempt:.4f} ms/attempt, blackbox {b.cpu_ms_per_probe:.4f} "
+            f"ms/attempt, ratio {b.cpu_ms_per_probe / per_attempt:.2f}x"
+        )
     lines.append("")
     for mix in MIXES:
         o, b = ours[mix], bb[mix]
@@ -284,22 +296,36 @@ def report(
             f"driver CPU {b.client_cpu:.1f}s (not counted)"
         )
         for run in bb_runs.get(mix, []):
-            lines.append(f"    blackbox {mix} with {run.concurrency} connections: {run.rate:.0f} probes/s, "
-                         f"CPU {run.utilisation * 100:.0f}%, {run.cpu_ms_per_probe:.4f} ms/probe")
+            lines.append(
+                f"    blackbox {mix} with {run.concurrency} connections: {run.rate:.0f} probes/s, "
+                f"CPU {run.utilisation * 100:.0f}%, {run.cpu_ms_per_probe:.4f} ms/probe"
+            )
     return "\n".join(lines)
 
 
 def run_blackbox(
-    config: Path, mix: str, targets: list[tuple[str, int]], connections: int, work: Path,
+    config: Path,
+    mix: str,
+    targets: list[tuple[str, int]],
+    connections: int,
+    work: Path,
     args: argparse.Namespace,
 ) -> Side:
     """A fresh blackbox process, saturated over `connections` keep-alive connections for one window."""
-    cmd = [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{BB_PORT}",
-           "--log.level=warn", f"--history.limit={args.bb_history_limit}"]
+    cmd = [
+        BLACKBOX,
+        f"--config.file={config}",
+        f"--web.listen-address=127.0.0.1:{BB_PORT}",
+        "--log.level=warn",
+        f"--history.limit={args.bb_history_limit}",
+    ]
     with Process(f"blackbox-{mix}-{connections}", cmd, work) as proc:
         wait_http(BB_PORT, "/-/healthy", 30.0)
-        print(f"blackbox {mix}: {connections} connections, measuring {args.bb_window:g}s ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"blackbox {mix}: {connections} connections, measuring {args.bb_window:g}s ...",
+            file=sys.stderr,
+            flush=True,
+        )
         warmup = args.timeout + 2.0 if mix == "filtered" else 2.0
         loop = new_loop()
         try:
@@ -327,13 +353,26 @@ def inner(args: argparse.Namespace) -> int:
         with start_listeners(endpoints["open"], work, budget):
             ports = {mix: OUR_PORT + i for i, mix in enumerate(MIXES)}
             procs = {
-                mix: Process(f"serve-{mix}", serve_cmd(inventories[mix], ports[mix], interval=args.interval,
-                                                     timeout=args.timeout, attempts=args.attempts), work)
+                mix: Process(
+                    f"serve-{mix}",
+                    serve_cmd(
+                        inventories[mix],
+                        ports[mix],
+                        interval=args.interval,
+                        timeout=args.timeout,
+                        attempts=args.attempts,
+                    ),
+                    work,
+                )
                 for mix in MIXES
             }
             try:
-                print(f"ours: 3 serve processes x {args.paths} paths, warming up {args.interval + 2:g}s, "
-                      f"measuring {args.window:g}s ...", file=sys.stderr, flush=True)
+                print(
+                    f"ours: 3 serve processes x {args.paths} paths, warming up {args.interval + 2:g}s, "
+                    f"measuring {args.window:g}s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 ours = measure_ours(procs, ports, args.interval + 2, args.window, args.attempts)
             finally:
                 for proc in procs.values():
@@ -341,9 +380,11 @@ def inner(args: argparse.Namespace) -> int:
             config = blackbox_config(work, args.timeout)
             bb: dict[str, Side] = {}
             for mix in MIXES:
-                levels = [args.bb_filtered_connections] if mix == "filtered" else [
-                    int(c) for c in args.bb_connections.split(",")
-                ]
+                levels = (
+                    [args.bb_filtered_connections]
+                    if mix == "filtered"
+                    else [int(c) for c in args.bb_connections.split(",")]
+                )
                 runs = [run_blackbox(config, mix, endpoints[mix], c, work, args) for c in levels]
                 bb[mix] = min(runs, key=lambda side: side.cpu_ms_per_probe)  # its cheapest case
                 bb_runs[mix] = runs
@@ -355,8 +396,10 @@ def inner(args: argparse.Namespace) -> int:
             "settings": vars(args),
             "ours": {mix: asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for mix, s in ours.items()},
             "blackbox": {mix: asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for mix, s in bb.items()},
-            "blackbox_runs": {mix: [asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for s in runs]
-                              for mix, runs in bb_runs.items()},
+            "blackbox_runs": {
+                mix: [asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for s in runs]
+                for mix, runs in bb_runs.items()
+            },
         }
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0 if _check_mix(ours, bb) else 1
@@ -384,19 +427,29 @@ def _check_mix(ours: dict[str, Side], bb: dict[str, Side]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench.tcp_vs_blackbox", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tcp_vs_blackbox",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--paths", type=int, default=6000, help="paths per mix for our service")
     parser.add_argument("--interval", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--attempts", type=int, default=3)
     parser.add_argument("--window", type=float, default=30.0, help="our measurement window, seconds")
     parser.add_argument("--bb-window", type=float, default=15.0, help="blackbox window per mix, seconds")
-    parser.add_argument("--bb-connections", default="16,128",
-                        help="concurrent /probe requests for open and refused: one run per value, the "
-                        "cheapest per probe is reported")
-    parser.add_argument("--bb-filtered-connections", type=int, default=6000,
-                        help="concurrent /probe requests for filtered (each holds a socket for --timeout)")
+    parser.add_argument(
+        "--bb-connections",
+        default="16,128",
+        help="concurrent /probe requests for open and refused: one run per value, the "
+        "cheapest per probe is reported",
+    )
+    parser.add_argument(
+        "--bb-filtered-connections",
+        type=int,
+        default=6000,
+        help="concurrent /probe requests for filtered (each holds a socket for --timeout)",
+    )
     parser.add_argument("--bb-history-limit", type=int, default=100, help="blackbox --history.limit")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
