@@ -35,10 +35,29 @@ def require_tools(*tools: str) -> None:
 @dataclass
 class RoutedLab:
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
-    src4: str = "10.251.1.1"
-    dst4: str = "10.251.2.2"
-    src6: str = "fd51:1::1"
-    dst6: str = "fd51:2::2"
+    net: int = 251  # 10.<net>.x.x and fd<net>:: : another lab (a long soak) can run beside the tests
+
+    @property
+    def src4(self) -> str:
+        return f"10.{self.net}.1.1"
+
+    @property
+    def dst4(self) -> str:
+        return f"10.{self.net}.2.2"
+
+    @property
+    def src6(self) -> str:
+        return f"fd{self.net}:1::1"
+
+    @property
+    def dst6(self) -> str:
+        return f"fd{self.net}:2::2"
+
+    @property
+    def dst_subnet4(self) -> str:
+        """The target namespace's IPv4 /24 prefix, e.g. '10.251.2.'"""
+        return f"10.{self.net}.2."
+
     listeners: list[subprocess.Popen[str]] = field(default_factory=list)
 
     @property
@@ -56,30 +75,30 @@ class RoutedLab:
     def up(self) -> RoutedLab:
         require_tools("ip", "nft")
         self.down(quiet=True)
-        r, d, h = self.rtr, self.dst, self.host_if
+        r, d, h, n = self.rtr, self.dst, self.host_if, self.net
         steps = [
             ["ip", "netns", "add", r],
             ["ip", "netns", "add", d],
             ["ip", "link", "add", h, "type", "veth", "peer", "name", "r0", "netns", r],
             ["ip", "-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "eth0", "netns", d],
-            ["ip", "addr", "add", "10.251.1.1/24", "dev", h],
-            ["ip", "-6", "addr", "add", "fd51:1::1/64", "dev", h, "nodad"],
+            ["ip", "addr", "add", f"10.{n}.1.1/24", "dev", h],
+            ["ip", "-6", "addr", "add", f"fd{n}:1::1/64", "dev", h, "nodad"],
             ["ip", "link", "set", h, "up"],
-            ["ip", "-n", r, "addr", "add", "10.251.1.2/24", "dev", "r0"],
-            ["ip", "-n", r, "-6", "addr", "add", "fd51:1::2/64", "dev", "r0", "nodad"],
-            ["ip", "-n", r, "addr", "add", "10.251.2.1/24", "dev", "r1"],
-            ["ip", "-n", r, "-6", "addr", "add", "fd51:2::1/64", "dev", "r1", "nodad"],
+            ["ip", "-n", r, "addr", "add", f"10.{n}.1.2/24", "dev", "r0"],
+            ["ip", "-n", r, "-6", "addr", "add", f"fd{n}:1::2/64", "dev", "r0", "nodad"],
+            ["ip", "-n", r, "addr", "add", f"10.{n}.2.1/24", "dev", "r1"],
+            ["ip", "-n", r, "-6", "addr", "add", f"fd{n}:2::1/64", "dev", "r1", "nodad"],
             ["ip", "-n", r, "link", "set", "lo", "up"],
             ["ip", "-n", r, "link", "set", "r0", "up"],
             ["ip", "-n", r, "link", "set", "r1", "up"],
-            ["ip", "-n", d, "addr", "add", "10.251.2.2/24", "dev", "eth0"],
-            ["ip", "-n", d, "-6", "addr", "add", "fd51:2::2/64", "dev", "eth0", "nodad"],
+            ["ip", "-n", d, "addr", "add", f"10.{n}.2.2/24", "dev", "eth0"],
+            ["ip", "-n", d, "-6", "addr", "add", f"fd{n}:2::2/64", "dev", "eth0", "nodad"],
             ["ip", "-n", d, "link", "set", "lo", "up"],
             ["ip", "-n", d, "link", "set", "eth0", "up"],
-            ["ip", "-n", d, "route", "add", "default", "via", "10.251.2.1"],
-            ["ip", "-n", d, "-6", "route", "add", "default", "via", "fd51:2::1"],
-            ["ip", "route", "add", "10.251.2.0/24", "via", "10.251.1.2"],
-            ["ip", "-6", "route", "add", "fd51:2::/64", "via", "fd51:1::2"],
+            ["ip", "-n", d, "route", "add", "default", "via", f"10.{n}.2.1"],
+            ["ip", "-n", d, "-6", "route", "add", "default", "via", f"fd{n}:2::1"],
+            ["ip", "route", "add", f"10.{n}.2.0/24", "via", f"10.{n}.1.2"],
+            ["ip", "-6", "route", "add", f"fd{n}:2::/64", "via", f"fd{n}:1::2"],
             ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
             ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
             # back-to-back rejects must each produce an ICMP error, not rate-limited silence
@@ -128,8 +147,8 @@ class RoutedLab:
             listener.wait(5)
         self.listeners.clear()
         for args in (
-            ["ip", "route", "del", "10.251.2.0/24"],
-            ["ip", "-6", "route", "del", "fd51:2::/64"],
+            ["ip", "route", "del", f"10.{self.net}.2.0/24"],
+            ["ip", "-6", "route", "del", f"fd{self.net}:2::/64"],
             ["ip", "link", "del", self.host_if],
             ["ip", "netns", "del", self.rtr],
             ["ip", "netns", "del", self.dst],
