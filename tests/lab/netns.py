@@ -1,7 +1,7 @@
 """A real routed network on one machine: this host -> router namespace (nftables) -> target namespace.
 
     root ns (the prober) --veth-- rtr (forwarding, nftables `forward` chain) --veth-- dst (listeners)
-    10.251.1.1, fd51:1::1         10.251.1.2 | 10.251.2.1                           10.251.2.2, fd51:2::2
+    10.251.1.1, fdfb:1::1         10.251.1.2 | 10.251.2.1                           10.251.2.2, fdfb:2::2
 
 Addresses live only in namespaces this module creates; the router has no uplink, so nothing leaves.
 """
@@ -47,11 +47,11 @@ class RoutedLab:
 
     @property
     def src6(self) -> str:
-        return f"fd{self.net}:1::1"
+        return f"fd{self.net:02x}:1::1"
 
     @property
     def dst6(self) -> str:
-        return f"fd{self.net}:2::2"
+        return f"fd{self.net:02x}:2::2"
 
     @property
     def dst_subnet4(self) -> str:
@@ -82,23 +82,23 @@ class RoutedLab:
             ["ip", "link", "add", h, "type", "veth", "peer", "name", "r0", "netns", r],
             ["ip", "-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "eth0", "netns", d],
             ["ip", "addr", "add", f"10.{n}.1.1/24", "dev", h],
-            ["ip", "-6", "addr", "add", f"fd{n}:1::1/64", "dev", h, "nodad"],
+            ["ip", "-6", "addr", "add", f"fd{n:02x}:1::1/64", "dev", h, "nodad"],
             ["ip", "link", "set", h, "up"],
             ["ip", "-n", r, "addr", "add", f"10.{n}.1.2/24", "dev", "r0"],
-            ["ip", "-n", r, "-6", "addr", "add", f"fd{n}:1::2/64", "dev", "r0", "nodad"],
+            ["ip", "-n", r, "-6", "addr", "add", f"fd{n:02x}:1::2/64", "dev", "r0", "nodad"],
             ["ip", "-n", r, "addr", "add", f"10.{n}.2.1/24", "dev", "r1"],
-            ["ip", "-n", r, "-6", "addr", "add", f"fd{n}:2::1/64", "dev", "r1", "nodad"],
+            ["ip", "-n", r, "-6", "addr", "add", f"fd{n:02x}:2::1/64", "dev", "r1", "nodad"],
             ["ip", "-n", r, "link", "set", "lo", "up"],
             ["ip", "-n", r, "link", "set", "r0", "up"],
             ["ip", "-n", r, "link", "set", "r1", "up"],
             ["ip", "-n", d, "addr", "add", f"10.{n}.2.2/24", "dev", "eth0"],
-            ["ip", "-n", d, "-6", "addr", "add", f"fd{n}:2::2/64", "dev", "eth0", "nodad"],
+            ["ip", "-n", d, "-6", "addr", "add", f"fd{n:02x}:2::2/64", "dev", "eth0", "nodad"],
             ["ip", "-n", d, "link", "set", "lo", "up"],
             ["ip", "-n", d, "link", "set", "eth0", "up"],
             ["ip", "-n", d, "route", "add", "default", "via", f"10.{n}.2.1"],
-            ["ip", "-n", d, "-6", "route", "add", "default", "via", f"fd{n}:2::1"],
+            ["ip", "-n", d, "-6", "route", "add", "default", "via", f"fd{n:02x}:2::1"],
             ["ip", "route", "add", f"10.{n}.2.0/24", "via", f"10.{n}.1.2"],
-            ["ip", "-6", "route", "add", f"fd{n}:2::/64", "via", f"fd{n}:1::2"],
+            ["ip", "-6", "route", "add", f"fd{n:02x}:2::/64", "via", f"fd{n:02x}:1::2"],
             ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
             ["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
             # back-to-back rejects must each produce an ICMP error, not rate-limited silence
@@ -148,7 +148,7 @@ class RoutedLab:
         self.listeners.clear()
         for args in (
             ["ip", "route", "del", f"10.{self.net}.2.0/24"],
-            ["ip", "-6", "route", "del", f"fd{self.net}:2::/64"],
+            ["ip", "-6", "route", "del", f"fd{self.net:02x}:2::/64"],
             ["ip", "link", "del", self.host_if],
             ["ip", "netns", "del", self.rtr],
             ["ip", "netns", "del", self.dst],
