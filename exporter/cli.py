@@ -276,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sub_parser, default_state in ((serve, None), (demo, "")):
         _state_flags(sub_parser, default_state)
         sub_parser.add_argument(
+            "--web.api-rate-limit",
+            dest="web_api_rate",
+            type=_positive,
+            default=20.0,
+            metavar="PER_SECOND",
+            help="API and page requests per second per client (bursts of three times that); /metrics and the "
+            "health checks have their own budget (default 20)",
+        )
+        sub_parser.add_argument(
             "--web.config.file",
             dest="web_config_file",
             metavar="FILE",
@@ -441,7 +450,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return _planner(args, identity)(inventory)
 
     app: Any = create_app(
-        prober, refresher=refresher, mesh_settings=mesh_settings, planner=plan_for, reloader=reloader
+        prober,
+        refresher=refresher,
+        mesh_settings=mesh_settings,
+        planner=plan_for,
+        reloader=reloader,
+        api_rate=args.web_api_rate,
     )
     tls_kwargs: dict[str, Any] = {}
     if web is not None:

@@ -103,15 +103,43 @@ def test_oversized_requests_are_refused_cleanly(service: Service) -> None:
     assert httpx.post(service.base + "/api/v1/paths", timeout=5).status_code == 405
 
 
-def test_a_client_hammering_the_api_is_rate_limited_but_scrapes_go_on(service: Service) -> None:
-    codes = [httpx.get(service.base + "/api/v1/verdict", timeout=5).status_code for _ in range(120)]
+def test_a_client_hammering_the_api_is_rate_limited_but_scrapes_go_on(tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(loopback_org("127.0.48.", servers=1)))
+    service = start_service(
+        [
+            "serve",
+            "--inventory",
+            str(inventory),
+            "--source",
+            "o",
+            "--interval",
+            "5",
+            "--timeout",
+            "0.3",
+            "--state-file",
+            "",
+            "--web.api-rate-limit",
+            "1",
+        ]
+    )
+    try:
+        _hammer(service)
+    finally:
+        service.proc.terminate()
+        service.proc.wait(10)
+
+
+def _hammer(service: Service) -> None:
+    # one request per second per client, bursts of three: ten at once must be cut off
+    codes = [httpx.get(service.base + "/api/v1/verdict", timeout=5).status_code for _ in range(10)]
     assert 429 in codes and codes[0] == 200
     limited = httpx.get(service.base + "/api/v1/verdict", timeout=5)
     assert limited.status_code in (200, 429)
     if limited.status_code == 429:
         assert limited.headers["retry-after"] == "1"
     assert httpx.get(service.base + "/metrics", timeout=5).status_code == 200  # its own budget
-    time.sleep(2.5)
+    time.sleep(1.5)
     assert httpx.get(service.base + "/api/v1/verdict", timeout=5).status_code == 200  # refilled
 
 
@@ -149,3 +177,61 @@ def test_host_unreachable_inhibits_the_per_port_pages(tmp_path: Path) -> None:
     finally:
         am.stop()
         hook.stop()
+
+
+def test_openapi_fuzzing_finds_no_server_errors_or_schema_violations(tmp_path: Path) -> None:
+    """schemathesis against the live service's own OpenAPI description: every documented operation, with
+    generated valid and invalid parameters; any 5xx or a response that breaks its schema fails. (The
+    rate limit is raised so that the fuzzer exercises the operations rather than the limiter.)"""
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(loopback_org("127.0.47.", servers=1)))
+    service = start_service(
+        [
+            "serve",
+            "--inventory",
+            str(inventory),
+            "--source",
+            "o",
+            "--interval",
+            "5",
+            "--timeout",
+            "0.3",
+            "--state-file",
+            "",
+            "--web.api-rate-limit",
+            "100000",
+        ]
+    )
+
+    # a too-long query is refused with 414 before validation: a rejection, like 400 and 422
+    (tmp_path / "schemathesis.toml").write_text(
+        '[checks.negative_data_rejection]\nexpected-statuses = ["400", "404", "413", "414", "422"]\n'
+    )
+    cli = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [
+            str(cli),
+            "run",
+            f"{service.base}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "2026",
+            "--no-color",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    service.proc.terminate()
+    service.proc.wait(10)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout, result.stdout[-3000:]

@@ -18,7 +18,7 @@ from exporter.inventory.model import Inventory
 from exporter.inventory.refresh import InventoryRefresher
 from exporter.outputs import matrix, mesh, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
-from exporter.outputs.limits import RequestLimits
+from exporter.outputs.limits import API_RATE, RequestLimits
 from exporter.plan.planner import Path
 from exporter.prober import Prober
 from exporter.probes.outcome import State
@@ -49,13 +49,20 @@ def create_app(
     mesh_settings: MeshSettings | None = None,
     planner: Callable[[Inventory, str], list[Path]] | None = None,
     reloader: FileReloader | None = None,
+    api_rate: float = API_RATE,
 ) -> FastAPI:
     app = FastAPI(
         title="exchange-firewall-exporter",
         version=__version__,
         description="Proves that every network path an Exchange organisation needs is open.",
+        responses={
+            400: {"description": "the query string is not UTF-8"},
+            413: {"description": "a request body was sent (this service takes none)"},
+            414: {"description": "query string too long"},
+            429: {"description": "too many requests from this client; retry after a second"},
+        },
     )
-    app.add_middleware(RequestLimits)
+    app.add_middleware(RequestLimits, api_rate=api_rate, api_burst=max(api_rate * 3, 1.0))
     registry = metrics.build_registry(prober, refresher, reloader)
     app.state.prober = prober
     settings = mesh_settings or MeshSettings()

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.responses import PlainTextResponse
 
@@ -61,8 +62,13 @@ class RequestLimits:
         await self.app(scope, receive, send)
 
     def _check(self, scope: dict[str, Any]) -> tuple[int, str] | None:
-        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+        query = scope.get("query_string", b"")
+        if len(query) > MAX_QUERY_BYTES:
             return 414, f"query string longer than {MAX_QUERY_BYTES} bytes"
+        try:  # a parameter that is not UTF-8 would otherwise be dropped silently, not refused
+            unquote_to_bytes(query.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return 400, "query string is not UTF-8"
         headers = scope.get("headers", [])
         if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
             return 431, f"headers larger than {MAX_HEADER_BYTES} bytes"
