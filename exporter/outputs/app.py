@@ -102,9 +102,8 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
         # rendering is CPU-bound on large plans: a worker thread, never the probing loop
-        body = await run_in_threadpool(metrics.render, prober, registry)
         body, headers = await run_in_threadpool(
-            metrics.maybe_gzip, body, request.headers.get("accept-encoding", "")
+            metrics.respond, prober, registry, request.headers.get("accept-encoding", "")
         )
         return Response(body, media_type=metrics.CONTENT_TYPE, headers=headers)
 

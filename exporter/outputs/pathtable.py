@@ -14,9 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
+from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import Path
 from exporter.probes.outcome import STATES, Outcome, State
 from exporter.state.baseline import Classification, PathStatus, Status
+
+BLOCK = 4096  # paths per compressed piece
 
 LABELS = ("source", "source_site", "target", "target_site", "target_role", "port", "proto", "service", "kind")
 
@@ -172,6 +175,11 @@ class PathTable:
         self._state_cache: list[tuple[State, str, str] | None] = [None] * len(self.paths)
         self.probed = 0  # paths with at least one result
         self._seeds: list[_Seed | None] = [None] * len(self.paths)
+        # per family and block of BLOCK paths: a version bumped whenever one of its lines changes, and
+        # the compressed piece made at some version (see render_gzip)
+        blocks = (len(self.paths) + BLOCK - 1) // BLOCK
+        self._versions = [[0] * blocks for _ in _FIELDS]
+        self._pieces: dict[tuple[int, int], tuple[int, Piece]] = {}
         if previous is not None:
             carried = {p.key: r for p, r in previous.items() if r is not None}
             for index, path in enumerate(self.paths):
@@ -209,6 +217,7 @@ class PathTable:
                 f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
                 f'port="{path.port}",service="{escape_label(path.service)}"}} {outcome.cert_expiry:.0f}\n'
             )
+        old = self._results[index]
         self._results[index] = PathResult(
             outcome,
             wall,
@@ -224,6 +233,12 @@ class PathTable:
             protocol,
             cert,
         )
+        new = self._results[index]
+        block = index // BLOCK
+        versions = self._versions
+        for number, field in enumerate(_FIELDS):
+            if old is None or getattr(old, field) != getattr(new, field):
+                versions[number][block] += 1
 
     def seed(self, index: int, status: PathStatus) -> None:
         """Export a path's remembered status (from the baseline) before this process has probed it, so a
@@ -232,6 +247,8 @@ class PathTable:
             return
         blocked, newly, since, last_open = _status_lines(self._labels[index], status)
         self._seeds[index] = _Seed(blocked, newly, since, last_open)
+        for versions in self._versions:
+            versions[index // BLOCK] += 1
 
     def results(self) -> list[PathResult | None]:
         """A copy of the current results, index-aligned with `paths`."""
@@ -239,6 +256,31 @@ class PathTable:
 
     def items(self) -> Iterator[tuple[Path, PathResult | None]]:
         return zip(self.paths, self.results(), strict=True)
+
+    def render_gzip(self, head: bytes) -> bytes:
+        """`head` + render() as one gzip member, recompressing only the blocks whose lines changed since
+        the last scrape (the state-dependent families rarely change; timestamps always do)."""
+        # versions before lines: a line recorded in between is then at most re-compressed once too often
+        versions = [list(v) for v in self._versions]
+        seeds, results = self._seeds, self.results()
+        pieces = [Piece(head)]
+        for number, ((name, kind, help_text), field) in enumerate(zip(FAMILIES, _FIELDS, strict=True)):
+            family: list[Piece] = []
+            for block, version in enumerate(versions[number]):
+                cached = self._pieces.get((number, block))
+                if cached is None or cached[0] != version:
+                    lines = []
+                    for index in range(block * BLOCK, min((block + 1) * BLOCK, len(results))):
+                        chosen = results[index] if results[index] is not None else seeds[index]
+                        if chosen is not None:
+                            lines.append(getattr(chosen, field))
+                    cached = (version, Piece("".join(lines).encode("utf-8")))
+                    self._pieces[(number, block)] = cached
+                family.append(cached[1])
+            if any(piece.size for piece in family):
+                pieces.append(Piece(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()))
+                pieces.extend(family)
+        return assemble(pieces)
 
     def render(self) -> str:
         """The four per-path families in the text exposition format (paths never probed are left out)."""

@@ -1,0 +1,84 @@
+"""The gzip exposition (compressed blocks reused across scrapes) always equals the plain one."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.outputs import gzipcat, pathtable
+from exporter.outputs.pathtable import PathTable
+from exporter.plan.catalogue import PathKind
+from exporter.plan.planner import Path
+from exporter.probes.outcome import Outcome, State
+from exporter.state.baseline import Classification, PathStatus, Status
+
+
+def paths(n: int) -> list[Path]:
+    return [
+        Path(
+            "src",
+            "s",
+            f"t{i}.test",
+            "S",
+            "mailbox",
+            25 + i % 7,
+            "tcp",
+            "smtp",
+            PathKind.EXCHANGE_EXCHANGE,
+            "smtp" if i % 3 else "tcp",
+        )
+        for i in range(n)
+    ]
+
+
+def decompress_like_httpx(body: bytes) -> bytes:
+    """One member only, as httpx and other single-member readers decode."""
+    reader = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    text = reader.decompress(body) + reader.flush()
+    assert reader.eof and not reader.unused_data
+    return text
+
+
+updates = st.lists(
+    st.tuples(st.integers(0, 299), st.sampled_from(list(State)), st.floats(0.0, 1.0), st.booleans()),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(updates, min_size=1, max_size=4))
+def test_gzip_and_plain_renderings_agree_after_any_updates(
+    scrapes: list[list[tuple[int, State, float, bool]]],
+) -> None:
+    original = pathtable.BLOCK
+    pathtable.BLOCK = 64  # many blocks, so reuse and recompression both happen
+    try:
+        table = PathTable(paths(300))
+        table.seed(5, PathStatus("k", Status.BLOCKED, Classification.NEWLY_BLOCKED, state_since=1.0))
+        for round_, batch in enumerate(scrapes):
+            for index, state, rtt, blocked in batch:
+                status = PathStatus(
+                    "k",
+                    Status.BLOCKED if blocked else Status.OPEN,
+                    Classification.NEWLY_BLOCKED if blocked else Classification.OK,
+                    state_since=float(round_),
+                    last_open=2.0,
+                )
+                details = (("protocol", "ok"),) if state is State.OPEN else ()
+                table.record(index, Outcome(state, rtt, "e", 1, details, 1e9 + index), 1e9 + round_, status)
+            head = b"# head\n"
+            expected = head + table.render().encode()
+            body = table.render_gzip(head)
+            assert gzip.decompress(body) == expected
+            assert decompress_like_httpx(body) == expected
+    finally:
+        pathtable.BLOCK = original
+
+
+def test_crc_combination_matches_zlib() -> None:
+    a, b = b"exchange" * 1000, b"firewall" * 777
+    assert gzipcat.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    assert gzipcat.crc32_combine(zlib.crc32(a), zlib.crc32(b""), 0) == zlib.crc32(a)
