@@ -182,3 +182,107 @@ def test_yaml_bombs_are_refused_without_expanding(tmp_path: Path) -> None:
     except ConfigError as exc:
         assert "invalid inventory" in str(exc) or "mapping" in str(exc)
     assert yaml.safe_load(bomb)  # PyYAML builds shared references, not copies: no memory blow-up
+
+
+# ---- what peers send: every reply parser, fed arbitrary bytes --------------------------------------------
+# A parser may say "this is not my protocol" (ProtocolError, or ValueError where documented); nothing
+# else may escape, and whatever it notes must already be sanitised text.
+
+
+def _quiet(call: object) -> None:
+    from exporter.probes.stream import ProtocolError
+
+    try:
+        assert callable(call)
+        call()
+    except (ProtocolError, ValueError):
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_netlogon_blobs_parse_or_are_refused(blob: bytes) -> None:
+    from exporter.probes import cldap
+
+    def run() -> None:
+        facts = cldap.parse_netlogon(blob)
+        assert all(isinstance(v, str) and "\n" not in v for v in facts.values())
+
+    _quiet(run)
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.integers(1, 2**31 - 1))
+def test_cldap_replies_never_crash(data: bytes, message_id: int) -> None:
+    from exporter.probes import cldap
+    from exporter.probes.stream import Conversation
+
+    _quiet(lambda: cldap._answer(Conversation("CLDAP"), data, message_id, "example.test"))
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=600), st.binary(max_size=200).map(lambda b: b"\x7e" + b)))
+def test_kerberos_replies_never_crash(data: bytes) -> None:
+    from exporter.probes import kerberos
+    from exporter.probes.stream import Conversation
+
+    _quiet(lambda: kerberos._answer(Conversation("Kerberos"), data, 1_700_000_000.0))
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_dns_answers_never_crash(wire: bytes) -> None:
+    from exporter.probes import dns as dns_probe
+    from exporter.probes.stream import Conversation
+
+    query = dns_probe._query("example.test")
+    _quiet(lambda: dns_probe._answer(Conversation("DNS"), query, wire, "example.test"))
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_ntp_replies_never_crash(data: bytes) -> None:
+    from exporter.probes import ntp
+    from exporter.probes.stream import Conversation
+
+    _quiet(lambda: ntp._answer(Conversation("NTP"), data, ntp.to_ntp(1_700_000_000.0), 1_700_000_000.0))
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_smb_replies_never_crash(message: bytes) -> None:
+    from exporter.probes import smb
+    from exporter.probes.stream import Conversation
+
+    _quiet(lambda: smb._answer(Conversation("SMB"), message, 0.0, 0.001))
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_rpc_endpoint_mapper_replies_never_crash(stub: bytes) -> None:
+    from exporter.probes import rpc
+
+    def run() -> None:
+        ports, _status = rpc.parse_ept_map(stub)
+        assert all(0 <= port <= 65535 for port in ports)
+
+    _quiet(run)
+    _quiet(lambda: rpc.tower_port(stub))
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_health_page_bodies_never_crash(body: bytes) -> None:
+    from exporter.probes import http
+
+    fqdn = http.healthy_fqdn(body)
+    assert fqdn is None or (fqdn.isprintable() and len(fqdn) <= 253)
+
+
+@FUZZ
+@given(st.lists(st.text(max_size=60), max_size=6))
+def test_network_address_values_never_crash(values: list[str]) -> None:
+    from exporter.inventory import ldap
+
+    for value in values:
+        ldap.is_hostname(value)

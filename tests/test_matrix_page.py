@@ -156,3 +156,62 @@ def test_hostile_names_are_escaped_in_the_page() -> None:
     )
     assert "<img" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_hostile_names_from_the_directory_render_inert_in_chromium_and_metrics(tmp_path: Path) -> None:
+    """Site and organisation names are free text in AD and in the inventory: markup in them must stay text
+    in the page the browser builds, and must not break the exposition format."""
+    import yaml
+
+    from tests.test_engine import loopback_org
+    from tests.test_service import promtool
+
+    evil = "<img src=x onerror=alert(1)>"
+    org = loopback_org("127.0.49.", servers=1)
+    org["organisation"] = "<script>alert(2)</script>"
+    org["servers"][0]["site"] = evil
+    org["domain_controllers"][0]["site"] = 'q"uote\\back\nslash'
+    file = tmp_path / "inv.yaml"
+    file.write_text(yaml.safe_dump(org))
+    svc = start_service(
+        [
+            "serve",
+            "--inventory",
+            str(file),
+            "--source",
+            "o",
+            "--interval",
+            "2",
+            "--timeout",
+            "0.3",
+            "--state-file",
+            "",
+        ]
+    )
+    try:
+        dom = browse(svc.base + "/matrix", tmp_path)
+        parser = Tags()
+        parser.feed(dom)
+        assert not [t for t, _a in parser.tags if t in ("img", "svg", "iframe")]
+        assert [t for t, _a in parser.tags if t == "script"] == ["script"]  # only the page's own
+        assert not any(k.startswith("on") for _t, attrs in parser.tags for k in attrs)
+        assert "&lt;img src=x onerror=alert(1)&gt;" in dom
+        metrics_text = svc.get("/metrics").text
+        lint = subprocess.run(
+            [promtool(), "check", "metrics"], input=metrics_text, capture_output=True, text=True
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        assert 'target_site="<img src=x onerror=alert(1)>"' in metrics_text
+        assert 'target_site="q\\"uote\\\\back\\nslash"' in metrics_text
+    finally:
+        svc.proc.terminate()
+        svc.proc.wait(10)

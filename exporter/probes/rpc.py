@@ -107,7 +107,14 @@ def ept_map_pdu(call_id: int, interface: tuple[uuid.UUID, int, int], max_towers:
 
 
 def tower_port(tower: bytes) -> int | None:
-    """The TCP port in a tower's floors, or None when it has none."""
+    """The TCP port in a tower's floors, or None when it has none (or the tower is cut short)."""
+    try:
+        return _tower_port(tower)
+    except struct.error:
+        return None
+
+
+def _tower_port(tower: bytes) -> int | None:
     if len(tower) < 2:
         return None
     (count,) = struct.unpack_from("<H", tower)
@@ -125,7 +132,15 @@ def tower_port(tower: bytes) -> int | None:
 
 
 def parse_ept_map(stub: bytes) -> tuple[list[int], int]:
-    """(TCP ports of the returned towers, status) from an ept_map response stub."""
+    """(TCP ports of the returned towers, status) from an ept_map response stub; ValueError when the stub
+    is not one (found by fuzzing: a short stub used to escape as struct.error)."""
+    try:
+        return _parse_ept_map(stub)
+    except struct.error as exc:
+        raise ValueError(f"ept_map response cut short: {exc}") from None
+
+
+def _parse_ept_map(stub: bytes) -> tuple[list[int], int]:
     pos = 20  # entry_handle
     num_towers, max_count, _offset, actual = struct.unpack_from("<IIII", stub, pos)
     pos += 16
