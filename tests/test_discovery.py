@@ -713,7 +713,18 @@ def test_service_runs_from_ldap_discovery_instead_of_an_inventory_file(
             values[("exchange_inventory_members", (("kind", "domain_controller"), ("site", "Branch")))] == 2
         )
         assert samba.ADMIN_PASSWORD not in metrics
-        assert samba.ADMIN_PASSWORD not in httpx.get(base + "/api/v1/paths", timeout=10).text
+        for page in (
+            "/api/v1/paths",
+            "/api/v1/changes",
+            "/api/v1/verdict",
+            "/api/v1/mesh",
+            "/api/v1/sd",
+            "/matrix",
+            "/",
+            "/openapi.json",
+            "/-/ready",
+        ):
+            assert samba.ADMIN_PASSWORD not in httpx.get(base + page, timeout=10).text, page
     finally:
         proc.terminate()
         output = proc.communicate(timeout=10)[0]
