@@ -20,11 +20,12 @@ from exporter.outputs.pathtable import PathTable
 from exporter.plan.planner import Path
 from exporter.probes.outcome import Outcome, State
 from exporter.state.baseline import Status
-from exporter.state.tracker import Tracker
+from exporter.state.tracker import Tracker, Verdict
 
 log = logging.getLogger(__name__)
 
 EXPIRE_EVERY = 60.0
+VERDICT_EVERY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,8 @@ class Prober:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Future[None] | None = None
         self.started = time.time()
+        self._verdicts: dict[str, Verdict] | None = None
+        self._stopped = threading.Event()
 
     def _seed(self, table: PathTable) -> None:
         if self.tracker is not None:
@@ -179,6 +182,7 @@ class Prober:
 
         self._thread = threading.Thread(target=main, name="prober", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._verdict_loop, name="verdicts", daemon=True).start()
         started.wait(5.0)
 
     def replace_plan(self, inventory: Inventory, paths: Sequence[Path], timeout: float = 10.0) -> None:
@@ -231,6 +235,22 @@ class Prober:
             return
         asyncio.run_coroutine_threadsafe(swap(), loop).result(timeout)
 
+    def verdicts(self) -> dict[str, Verdict]:
+        """The supportability verdicts, recomputed every VERDICT_EVERY seconds on a thread of their own
+        (they are O(paths): a scrape must never wait for them)."""
+        cached = self._verdicts
+        if cached is None and self.tracker is not None:
+            cached = self._verdicts = self.tracker.verdicts()
+        return cached or {}
+
+    def _verdict_loop(self) -> None:
+        while not self._stopped.wait(VERDICT_EVERY):
+            if self.tracker is not None:
+                try:
+                    self._verdicts = self.tracker.verdicts()
+                except Exception:
+                    log.exception("computing the verdicts failed")
+
     def _housekeeping(self) -> None:
         """Age out paths that left the plan longer ago than the grace period."""
         if self.tracker is not None:
@@ -242,6 +262,7 @@ class Prober:
             self._loop.call_later(EXPIRE_EVERY, self._housekeeping)
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return

@@ -7,7 +7,6 @@ come pre-rendered from the PathTable (see pathtable.py for why); both are text f
 from __future__ import annotations
 
 import platform
-import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -24,7 +23,6 @@ from exporter.service import FileReloader
 from exporter.state.tracker import Verdict
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-VERDICT_TTL = 5.0
 
 
 class ExporterCollector(Collector):
@@ -32,7 +30,6 @@ class ExporterCollector(Collector):
 
     def __init__(self, prober: Prober) -> None:
         self.prober = prober
-        self._verdict_cache: tuple[float, dict[str, Verdict]] | None = None
 
     def collect(self) -> Iterable[Metric]:
         prober = self.prober
@@ -131,14 +128,8 @@ class ExporterCollector(Collector):
         )
 
     def _verdicts(self) -> dict[str, Verdict]:
-        """Verdicts are O(paths): computed at most every VERDICT_TTL seconds, whatever the scrape rate."""
-        now = time.monotonic()
-        cached = self._verdict_cache
-        if cached is None or now - cached[0] > VERDICT_TTL:
-            assert self.prober.tracker is not None
-            cached = (now, self.prober.tracker.verdicts())
-            self._verdict_cache = cached
-        return cached[1]
+        """Verdicts are O(paths): the prober recomputes them in the background; a scrape only reads them."""
+        return self.prober.verdicts()
 
 
 class DiscoveryCollector(Collector):
