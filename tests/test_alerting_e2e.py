@@ -267,3 +267,32 @@ def test_a_firewall_change_pages_once_with_evidence_and_resolves(stack: Stack) -
         f"scrape 1s, evaluation 1s, group_wait 1s)\n"
     )
     print(f"\nfirewall change to page: {latency:.1f} s")
+
+
+def test_prometheus_restart_pages_nobody_and_a_lost_link_is_one_host_alert(stack: Stack) -> None:
+    lab, prom, hook = stack.lab, stack.prom, stack.hook
+    wait_prom(prom, 'count(exchange_path_blocked{target="ex1.lab.test"} == 0) == 14')
+    # Prometheus restarts: nothing changed on the network, so nothing may page
+    prom.restart()
+    wait_prom(prom, 'count(exchange_path_blocked{target="ex1.lab.test"} == 0) == 14')
+    time.sleep(5)
+    pages = [n for n in hook.notifications if n.receiver_path == "/pager"]
+    assert pages == [], [(a["labels"]["alertname"], a["labels"].get("target"), a["labels"].get("port"),
+                          a["status"]) for n in pages for a in n.body["alerts"]]
+    # the target namespace loses its link: every path to both hosts goes, and the rule that makes one
+    # host alert (instead of fourteen port alerts, which it inhibits) matches each host
+    lab_link = ["ip", "-n", lab.dst, "link", "set", "eth0"]
+    run(*lab_link, "down")
+    try:
+        rows = wait_prom(
+            prom,
+            'count(ALERTS{alertname="ExchangeTargetUnreachable", target=~"ex1.lab.test|ex2.lab.test"}) == 2',
+            timeout=60,
+        )
+        rows = prom.query('ALERTS{alertname="ExchangeTargetUnreachable"}')["data"]["result"]
+        assert {r["metric"]["target"] for r in rows} == {"ex1.lab.test", "ex2.lab.test"}
+        assert all(r["metric"]["alertstate"] in ("pending", "firing") for r in rows)
+        assert all(r["metric"]["severity"] == "critical" for r in rows)
+    finally:
+        run(*lab_link, "up")
+        run("ip", "-n", lab.dst, "route", "replace", "default", "via", "10.251.2.1")

@@ -156,16 +156,21 @@ class Prometheus:
         }
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
-        self.process = Process(
-            [
-                binary("prometheus"),
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--web.enable-lifecycle",
-            ],
-            workdir / "prometheus.log",
-        )
+        self.args = [
+            binary("prometheus"),
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+        ]
+        self.workdir = workdir
+        self.process = Process(self.args, workdir / "prometheus.log")
+        wait_http(self.url + "/-/ready")
+
+    def restart(self) -> None:
+        """Stop and start again on the same data directory, as an upgrade or a crash would."""
+        self.process.stop()
+        self.process = Process(self.args, self.workdir / "prometheus-2.log")
         wait_http(self.url + "/-/ready")
 
     def query(self, expr: str) -> dict[str, Any]:
