@@ -277,8 +277,11 @@ def test_prometheus_restart_pages_nobody_and_a_lost_link_is_one_host_alert(stack
     wait_prom(prom, 'count(exchange_path_blocked{target="ex1.lab.test"} == 0) == 14')
     time.sleep(5)
     pages = [n for n in hook.notifications if n.receiver_path == "/pager"]
-    assert pages == [], [(a["labels"]["alertname"], a["labels"].get("target"), a["labels"].get("port"),
-                          a["status"]) for n in pages for a in n.body["alerts"]]
+    assert pages == [], [
+        (a["labels"]["alertname"], a["labels"].get("target"), a["labels"].get("port"), a["status"])
+        for n in pages
+        for a in n.body["alerts"]
+    ]
     # the target namespace loses its link: every path to both hosts goes, and the rule that makes one
     # host alert (instead of fourteen port alerts, which it inhibits) matches each host
     lab_link = ["ip", "-n", lab.dst, "link", "set", "eth0"]
