@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from exporter.inventory.model import Inventory
+from exporter.outputs.api import path_view
 from exporter.plan.planner import Path
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -147,24 +148,11 @@ class Mesh:
         """What the peer should be probing, marked as unknown because its agent did not answer."""
         rows = []
         for path in self.plan_for(peer.identity):
-            rows.append(
-                {
-                    "source": path.source,
-                    "source_site": path.source_site or peer.site,
-                    "target": path.target,
-                    "target_site": path.target_site,
-                    "target_role": path.target_role,
-                    "port": path.port,
-                    "proto": path.proto,
-                    "service": path.service,
-                    "kind": path.kind.value,
-                    "check": path.check,
-                    "required": path.required,
-                    "state": None,
-                    "evidence": f"agent {peer.url} unreachable: {error}",
-                    "peer_error": error,
-                }
-            )
+            row = path_view(path, None)  # every field of a path, none of them a result
+            row["source_site"] = path.source_site or peer.site
+            row["evidence"] = f"agent {peer.url} unreachable: {error}"
+            row["peer_error"] = error
+            rows.append(row)
         if not rows:
             rows.append(
                 {

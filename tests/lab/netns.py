@@ -8,8 +8,10 @@ Addresses live only in namespaces this module creates; the router has no uplink,
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -113,7 +115,26 @@ class RoutedLab:
         except subprocess.CalledProcessError as exc:
             self.down(quiet=True)
             raise RuntimeError(f"building the lab failed at {exc.cmd}: {exc.stderr}") from exc
+        self._wait_reachable()
         return self
+
+    def _wait_reachable(self, timeout: float = 15.0) -> None:
+        """Until the target answers on both families (a RST from a closed port is an answer): IPv6 link-
+        local addresses finish duplicate address detection and neighbour discovery settles first, so the
+        first probe of a test never meets a half-built network."""
+        deadline = time.monotonic() + timeout
+        for family, address in ((socket.AF_INET, self.dst4), (socket.AF_INET6, self.dst6)):
+            while True:
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(1.0)
+                    code = sock.connect_ex((address, 9))
+                if code == errno.ECONNREFUSED:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"lab target {address} not reachable: {errno.errorcode.get(code, code)}"
+                    )
+                time.sleep(0.2)
 
     def nft(self, command: str) -> None:
         run("ip", "netns", "exec", self.rtr, "nft", command)
