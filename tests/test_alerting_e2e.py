@@ -298,4 +298,10 @@ def test_prometheus_restart_pages_nobody_and_a_lost_link_is_one_host_alert(stack
         assert all(r["metric"]["severity"] == "critical" for r in rows)
     finally:
         run(*lab_link, "up")
-        run("ip", "-n", lab.dst, "route", "replace", "default", "via", "10.251.2.1")
+        # a link that went down took its routes with it: put both families' default routes back, and wait
+        # until the target answers again, so the tests after this one find the lab as it was
+        run("ip", "-n", lab.dst, "route", "replace", "default", "via", lab.src4.replace(".1.1", ".2.1"))
+        # (IPv6 addresses go with the link too, unless keep_addr_on_down is set)
+        run("ip", "-n", lab.dst, "-6", "addr", "add", f"{lab.dst6}/64", "dev", "eth0", "nodad", check=False)
+        run("ip", "-n", lab.dst, "-6", "route", "replace", "default", "via", lab.dst6.replace("::2", "::1"))
+        lab._wait_reachable()
