@@ -36,26 +36,18 @@ EXPECTED_ROUTES = {
 }
 
 
+def loopback_service(workdir: Path, prefix: str, *extra: str) -> Service:
+    """A real service probing a one-server loopback organisation, with this module's usual settings."""
+    inventory = workdir / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(loopback_org(prefix, servers=1)))
+    args = ["serve", "--inventory", str(inventory), "--source", "o", "--interval", "5", "--timeout", "0.3"]
+    return start_service([*args, "--state-file", "", *extra])
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("hardening")
-    inventory = work / "inv.yaml"
-    inventory.write_text(yaml.safe_dump(loopback_org("127.0.41.", servers=1)))
-    svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(inventory),
-            "--source",
-            "o",
-            "--interval",
-            "5",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            "",
-        ]
-    )
+    svc = loopback_service(work, "127.0.41.")
     yield svc
     svc.proc.terminate()
     svc.proc.wait(10)
@@ -104,25 +96,7 @@ def test_oversized_requests_are_refused_cleanly(service: Service) -> None:
 
 
 def test_a_client_hammering_the_api_is_rate_limited_but_scrapes_go_on(tmp_path: Path) -> None:
-    inventory = tmp_path / "inv.yaml"
-    inventory.write_text(yaml.safe_dump(loopback_org("127.0.48.", servers=1)))
-    service = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(inventory),
-            "--source",
-            "o",
-            "--interval",
-            "5",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            "",
-            "--web.api-rate-limit",
-            "1",
-        ]
-    )
+    service = loopback_service(tmp_path, "127.0.48.", "--web.api-rate-limit", "1")
     try:
         _hammer(service)
     finally:
@@ -186,25 +160,7 @@ def test_openapi_fuzzing_finds_no_server_errors_or_schema_violations(tmp_path: P
     import subprocess
     import sys
 
-    inventory = tmp_path / "inv.yaml"
-    inventory.write_text(yaml.safe_dump(loopback_org("127.0.47.", servers=1)))
-    service = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(inventory),
-            "--source",
-            "o",
-            "--interval",
-            "5",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            "",
-            "--web.api-rate-limit",
-            "100000",
-        ]
-    )
+    service = loopback_service(tmp_path, "127.0.47.", "--web.api-rate-limit", "100000")
 
     # a too-long query is refused with 414 before validation: a rejection, like 400 and 422
     (tmp_path / "schemathesis.toml").write_text(
