@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path as Path_
 from typing import Any
 
-from exporter import __version__
+from exporter import __version__, logsetup
 from exporter.errors import ConfigError
 from exporter.inventory.discover_cli import (
     add_directory_arguments,
@@ -302,11 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")
     parser = build_parser()
     args = parser.parse_args(args_list)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logsetup.setup(args.log_level)
     try:
         if args.command == "discover":
             from exporter.inventory.discover_cli import run_discover

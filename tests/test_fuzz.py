@@ -7,6 +7,7 @@ the exposition format and render inert in HTML. Example counts: FUZZ_EXAMPLES (d
 from __future__ import annotations
 
 import html
+import logging
 import math
 import os
 import string
@@ -21,6 +22,7 @@ from exporter.errors import ConfigError
 from exporter.inventory.ldap import decode_roles, version_from_number, version_from_serial
 from exporter.inventory.model import Role, Version
 from exporter.inventory.static import load_inventory, parse_inventory
+from exporter.logsetup import FORMAT, OneLineFormatter
 from exporter.outputs import matrix
 from exporter.outputs.pathtable import PathTable
 from exporter.plan.catalogue import PathKind
@@ -168,6 +170,54 @@ def test_directory_strings_render_inert_in_the_matrix(name: str, site: str, evid
     for value in (name, site, evidence):
         assert value not in page  # each holds a tag the page never has: only its escaped form may appear
         assert html.escape(value, quote=True) in page
+
+
+UNSAFE = {*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+@FUZZ
+@given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40), st.text(max_size=30))
+def test_directory_text_reaches_labels_without_control_or_bidi_characters(site: str, name: str) -> None:
+    """Whatever a site or server name holds, the inventory carries it with every unsafe character replaced
+    one for one (nothing dropped or merged), and says so in a warning naming the member."""
+    data = {
+        "organisation": "Org" + site,
+        "servers": [
+            {
+                "name": (name or "n")[:64],
+                "fqdn": "ex1.fuzz.test",
+                "roles": ["mailbox"],
+                "version": "2019",
+                "site": site[:128],
+            },
+        ],
+    }
+    inventory = parse_inventory(data, "fuzz.yaml")
+    server = inventory.servers[0]
+    for text, raw in ((server.site, site[:128]), (server.name, (name or "n")[:64])):
+        assert not {ord(c) for c in text} & UNSAFE
+        assert len(text) == len(raw)
+        assert [a for a, b in zip(text, raw, strict=True) if a != b] == ["\ufffd"] * sum(
+            ord(c) in UNSAFE for c in raw
+        )
+    changed = server.site != site[:128] or server.name != (name or "n")[:64]
+    assert any(w.startswith("ex1.fuzz.test:") for w in inventory.warnings) == changed
+    assert not any({ord(c) for c in w} & UNSAFE for w in inventory.warnings)
+
+
+@FUZZ
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+def test_a_log_record_is_one_line_whatever_its_message_holds(text: str) -> None:
+    formatter = OneLineFormatter(FORMAT)
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "site %s", (text,), None)
+    line = formatter.format(record)
+    assert len(line.splitlines()) == 1 and line.endswith("site " + text.translate(_escapes()))
+    assert not {ord(c) for c in line} & UNSAFE
+
+
+def _escapes() -> dict[int, str]:
+    table = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in UNSAFE}
+    return table | {10: "\\n", 13: "\\r", 9: "\\t"}
 
 
 def test_yaml_bombs_are_refused_without_expanding(tmp_path: Path) -> None:

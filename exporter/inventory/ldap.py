@@ -34,7 +34,9 @@ from exporter.inventory.model import (
     Role,
     Server,
     Version,
+    neutralise,
     product_of_build,
+    safe_text,
 )
 
 log = logging.getLogger(__name__)
@@ -837,9 +839,12 @@ def _read(directory: _Directory, endpoint: Endpoint) -> DiscoveryResult:
     dcs.sort(key=lambda d: (d.name.lower(), d.fqdn))
     # grouped by object (each warning starts with its DN), in a stable order
     warnings.sort(key=str.lower)
-    inventory = Inventory(
-        organisation, tuple(servers), tuple(dcs), source=f"ldap:{endpoint.url}", warnings=tuple(warnings)
+    inventory = neutralise(
+        Inventory(
+            organisation, tuple(servers), tuple(dcs), source=f"ldap:{endpoint.url}", warnings=tuple(warnings)
+        )
     )
+    sites = {safe_text(site): subnets for site, subnets in sites.items()}
     return DiscoveryResult(inventory, sites, endpoint.url, dns_name_of(forest_nc), dns_name_of(default_nc))
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from exporter.errors import ConfigError
 
@@ -173,3 +174,70 @@ class Inventory:
 
     def sites(self) -> list[str]:
         return sorted({member.site for member in self.members()})
+
+
+# ---- untrusted text --------------------------------------------------------------------------------------
+#: Characters a directory string must not carry into labels, pages, alerts and e-mail subjects: C0/C1
+#: controls and DEL (CR/LF split lines and headers, ESC drives terminals), the Unicode line and paragraph
+#: separators, and the bidirectional embedding/override/isolate controls that reorder what a reader sees.
+_UNSAFE = {
+    code: "\ufffd"
+    for code in (
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def safe_text(value: str) -> str:
+    """`value` with every unsafe character replaced by U+FFFD (the replacement character)."""
+    return value.translate(_UNSAFE)
+
+
+_M = TypeVar("_M", Server, DomainController)
+
+
+def neutralise(inventory: Inventory) -> Inventory:
+    """The inventory with its free text (organisation, names, sites, DAGs) made safe to show anywhere.
+
+    Sources call this last. Each member whose text changed gets a warning naming it; nothing is dropped.
+    """
+    warnings = [safe_text(w) for w in inventory.warnings]
+
+    def clean(member: _M) -> _M:
+        changes: dict[str, Any] = {}
+        for attr in ("name", "site", "dag"):
+            value = getattr(member, attr, None)
+            if isinstance(value, str) and safe_text(value) != value:
+                changes[attr] = safe_text(value)
+        if not changes:
+            return member
+        warnings.append(
+            f"{member.fqdn}: {', '.join(changes)} held control, line-separator or bidi characters; "
+            "each is shown as U+FFFD"
+        )
+        return replace(member, **changes)
+
+    servers = tuple(clean(s) for s in inventory.servers)
+    dcs = tuple(clean(d) for d in inventory.domain_controllers)
+    organisation = safe_text(inventory.organisation)
+    if organisation != inventory.organisation:
+        warnings.append("the organisation name held control characters; each is shown as U+FFFD")
+    if (
+        organisation == inventory.organisation
+        and all(a is b for a, b in zip(servers, inventory.servers, strict=True))
+        and all(a is b for a, b in zip(dcs, inventory.domain_controllers, strict=True))
+        and tuple(warnings) == inventory.warnings
+    ):
+        return inventory
+    return Inventory(
+        organisation,
+        servers,
+        dcs,
+        source=inventory.source,
+        warnings=tuple(warnings),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,10 @@ from exporter.inventory.model import (
     Server,
     StaticRpcPorts,
     Version,
+    neutralise,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_INVENTORY_BYTES = 16 * 1024 * 1024
 
@@ -175,7 +179,7 @@ def _to_model(parsed: InventoryFile, origin: str) -> Inventory:
                 address=dc.address,
             )
         )
-    return Inventory(parsed.organisation, tuple(servers), tuple(dcs), source=f"file:{origin}")
+    return neutralise(Inventory(parsed.organisation, tuple(servers), tuple(dcs), source=f"file:{origin}"))
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -197,7 +201,10 @@ def load_inventory(path: str | Path) -> Inventory:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ConfigError(f"{file}: not valid YAML{where}: {problem}", fix="fix the YAML syntax") from None
-    return parse_inventory(data, str(file))
+    inventory = parse_inventory(data, str(file))
+    for warning in inventory.warnings:
+        log.warning("%s: %s", file, warning)
+    return inventory
 
 
 def inventory_to_dict(inventory: Inventory) -> dict[str, Any]:
