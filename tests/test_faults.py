@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Listeners, free_port
 from tests.lab import samba
+from tests.lab.hostile import SilentPeers
 from tests.lab.netns import RoutedLab
 from tests.lab.samba import LAB_IP, SambaLab
 from tests.test_change_detection import EX1_PORTS, inventory
@@ -269,47 +270,78 @@ def test_fd_exhaustion_at_run_time_is_local_error_and_never_blocks(
 # ---- ten times the inventory at run time ---------------------------------------------------------------
 
 
-def test_ten_times_the_inventory_at_run_time_is_reported_not_misread(tmp_path: Path) -> None:
+def org_of(servers: int) -> dict[str, object]:
+    return {**loopback_org("127.0.45.", servers=servers), "domain_controllers": []}
+
+
+def test_ten_times_the_inventory_at_run_time_raises_the_lag_and_nothing_is_misread(tmp_path: Path) -> None:
+    """Every server accepts and never answers, so each protocol check holds a probe slot until its deadline
+    (0.7 s). Three slots keep up with one server's 14 paths every 5 s; ten servers are several times what
+    they can do: the lag must rise, be reported, and fall again, while every path stays open."""
     file = tmp_path / "inv.yaml"
-    file.write_text(yaml.safe_dump(loopback_org("127.0.45.", servers=2)))
-    svc = spawn(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "o",
-            "--interval",
-            "2",
-            "--timeout",
-            "0.3",
-            "--max-concurrency",
-            "4",
-            "--inventory-reload-interval",
-            "0.5",
-            "--state-file",
-            "",
-        ]
-    )
-    try:
-        wait_until(lambda: svc.get("/-/ready").status_code == 200)
-        small = len(svc.get("/api/v1/paths").json())
-        big = loopback_org("127.0.45.", servers=20)
-        file.write_text(yaml.safe_dump(big))
-        wait_until(lambda: len({r["target"] for r in svc.get("/api/v1/paths").json()}) == 21)  # 20 + the DC
-        grown = len(svc.get("/api/v1/paths").json())
-        assert grown > 6 * small
-        assert value(svc, "exchange_inventory_reloads_total", result="ok") == 1.0
-        wait_until(lambda: svc.get("/-/ready").status_code == 200)
-        states = {r["state"] for r in svc.get("/api/v1/paths").json()}
-        assert states <= {"refused"}  # nothing listens there: refused, never misread as filtered
-        assert value(svc, "exchange_probe_lag_seconds") is not None
-        file.write_text("organisation: [broken\n")  # an editing mistake keeps the running plan
-        wait_until(lambda: value(svc, "exchange_inventory_reloads_total", result="error") == 1.0)
-        assert value(svc, "exchange_inventory_file_valid") == 0.0
-        assert len(svc.get("/api/v1/paths").json()) == grown
-    finally:
-        stop(svc)
+    file.write_text(yaml.safe_dump(org_of(1)))
+    hosts = [f"127.0.45.{i}" for i in range(1, 11)]
+    with SilentPeers(hosts, EX1_PORTS):
+        svc = spawn(
+            [
+                "serve",
+                "--inventory",
+                str(file),
+                "--source",
+                "o",
+                "--interval",
+                "5",
+                "--timeout",
+                "0.2",
+                "--attempts",
+                "1",
+                "--max-concurrency",
+                "3",
+                "--inventory-reload-interval",
+                "0.5",
+                "--state-file",
+                "",
+            ]
+        )
+        try:
+            wait_until(lambda: svc.get("/-/ready").status_code == 200)
+            small = svc.get("/api/v1/paths").json()
+            assert len(small) == len(EX1_PORTS)
+            wait_until(lambda: (value(svc, "exchange_probe_cycles_total") or 0) >= 2, timeout=30)
+            calm = 0.0
+            for _ in range(8):
+                calm = max(calm, value(svc, "exchange_probe_lag_seconds") or 0)
+                time.sleep(0.5)
+            assert calm < 2.0, f"one server's plan should fit three slots; lag {calm}"
+
+            file.write_text(yaml.safe_dump(org_of(10)))  # ten times the inventory, at run time
+            wait_until(lambda: len(svc.get("/api/v1/paths").json()) == 10 * len(EX1_PORTS))
+            assert value(svc, "exchange_inventory_reloads_total", result="ok") == 1.0
+            saturated: list[float] = []
+
+            def lagging() -> bool:
+                saturated.append(value(svc, "exchange_probes_in_flight") or 0)
+                return (value(svc, "exchange_probe_lag_seconds") or 0) > 10.0
+
+            wait_until(lagging, timeout=60, step=0.5)  # rises past two intervals, and the metric says so
+            assert max(saturated) == 3.0  # every slot busy: the cap, not the network, is the limit
+            rows = svc.get("/api/v1/paths").json()
+            probed = [r for r in rows if r["state"] is not None]
+            assert probed and {r["state"] for r in probed} == {"open"}  # slow peers are open, not filtered
+            assert not value(svc, "exchange_probes_total", result="filtered")
+            assert not value(svc, "exchange_probes_total", result="local_error")
+            assert not value(svc, "exchange_path_changes_total", **{"from": "open", "to": "blocked"})
+
+            file.write_text(yaml.safe_dump(org_of(1)))  # back to one server: the lag drains
+            wait_until(lambda: len(svc.get("/api/v1/paths").json()) == len(EX1_PORTS))
+            wait_until(lambda: (value(svc, "exchange_probe_lag_seconds") or 0) < 2.0, timeout=60, step=0.5)
+
+            file.write_text("organisation: [broken\n")  # an editing mistake keeps the running plan
+            wait_until(lambda: value(svc, "exchange_inventory_reloads_total", result="error") == 1.0)
+            assert value(svc, "exchange_inventory_file_valid") == 0.0
+            assert len(svc.get("/api/v1/paths").json()) == len(EX1_PORTS)
+        finally:
+            stop(svc)
 
 
 # ---- the directory goes away ------------------------------------------------------------------------------

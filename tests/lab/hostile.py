@@ -10,6 +10,7 @@ TCP behaviours (each `async def (reader, writer)`):
     reset                   accepts and resets at once (SO_LINGER 0)
     scripted(greeting, steps, then)  a tiny line-protocol actor: a greeting, (expected prefix, reply)
                             pairs, then another behaviour (e.g. garbage_after_hello after STARTTLS)
+SilentPeers(hosts, ports): the silent behaviour on fixed ports of many hosts, from a thread.
 UDP behaviours: udp_garbage, udp_huge (a 65507-byte datagram), udp_silent.
 
 `serve(behaviour, host)` / `serve_udp(behaviour, host)` run one as an async context manager yielding the
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import cast
@@ -196,6 +199,60 @@ async def serve_udp(behaviour: UdpBehaviour, host: str = "127.0.0.1") -> AsyncIt
         yield int(transport.get_extra_info("sockname")[1])
     finally:
         transport.close()
+
+
+class SilentPeers:
+    """Listeners on fixed ports of many loopback hosts that accept every connection and never answer
+    (a thread, so a synchronous test can hold them while a separate exporter process probes them).
+    Each protocol check against them runs to its deadline: a slow, never-filtered peer."""
+
+    def __init__(self, hosts: Sequence[str], ports: Sequence[int]) -> None:
+        for host in hosts:
+            _loopback(host)
+        self._selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
+        for host in hosts:
+            for port in ports:
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(1024)
+                sock.setblocking(False)
+                self._selector.register(sock, selectors.EVENT_READ, "listener")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SilentPeers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._selector.get_map().values()):
+            assert isinstance(key.fileobj, socket.socket)
+            key.fileobj.close()
+        self._selector.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _events in self._selector.select(0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data == "listener":
+                    with contextlib.suppress(OSError):
+                        conn, _addr = sock.accept()
+                        conn.setblocking(False)
+                        self._selector.register(conn, selectors.EVENT_READ, "conn")
+                    continue
+                try:
+                    data = sock.recv(65536)  # whatever the client says is read and ignored
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # the client hung up
+                    self._selector.unregister(sock)
+                    sock.close()
 
 
 async def _serve_forever(behaviour: Behaviour, host: str) -> None:
