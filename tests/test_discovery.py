@@ -194,6 +194,54 @@ def test_transport_child_objects_match_the_class_but_are_not_servers(samba_lab: 
     assert not {"CN=Frontend", "CN=Mailbox"} & set(filtered)
 
 
+def test_hostile_text_in_the_directory_is_kept_made_safe_and_warned_about(samba_lab: SambaLab) -> None:
+    """A site named with markup, a terminal escape and a right-to-left override, and an Exchange server in
+    it whose name holds a bidi override: discovery keeps both, replaces each unsafe character with U+FFFD,
+    and warns naming the server. Added to the running DC for this test and removed after it."""
+    from ldap3 import Connection, Tls
+    from ldap3 import Server as LdapServer
+    from ldap3.utils.dn import escape_rdn
+
+    site = "Annex<img src=x onerror=alert(1)>\x1b[31m\u202eevil"
+    name = "EX-\u202eLIVE"
+    site_dn = f"CN={escape_rdn(site)},{samba.SITES_DN}"
+    server_dn = f"CN={escape_rdn(name)},CN=Servers,{samba.AG_DN}"
+    tls = Tls(ca_certs_file=str(samba_lab.certificates.ca))
+    conn = Connection(
+        LdapServer(LAB_IP, 636, use_ssl=True, tls=tls), samba.ADMIN_UPN, samba.ADMIN_PASSWORD, auto_bind=True
+    )
+    try:
+        assert conn.add(site_dn, ["top", "site"]), conn.result
+        added = conn.add(
+            server_dn,
+            ["top", "server", "msExchExchangeServer"],
+            {
+                "msExchCurrentServerRoles": 16423,
+                "serialNumber": "Version 15.2 (Build 31544.4)",
+                "networkAddress": ["ncacn_ip_tcp:ex-live.lab.example.test"],
+                "msExchServerSite": site_dn,
+            },
+        )
+        assert added, conn.result
+        result = discover(lab_settings(samba_lab))
+    finally:
+        conn.delete(server_dn)
+        conn.delete(site_dn)
+        conn.unbind()
+    shown_site = "Annex<img src=x onerror=alert(1)>\ufffd[31m\ufffdevil"
+    (live,) = [s for s in result.inventory.servers if s.fqdn == "ex-live.lab.example.test"]
+    assert (live.name, live.site) == ("EX-\ufffdLIVE", shown_site)
+    assert shown_site in result.sites
+    assert (
+        "ex-live.lab.example.test: name, site held control, line-separator or bidi characters; each is "
+        "shown as U+FFFD"
+    ) in result.warnings
+    unsafe = {*range(0x20), 0x7F, 0x202E}
+    assert not [w for w in result.warnings if {ord(c) for c in w} & unsafe]  # the DN in a warning too
+    # the rest of the organisation is untouched, and the lab is as it was
+    assert_lab_inventory(discover(lab_settings(samba_lab)))
+
+
 def test_relaxed_dc_accepts_an_explicitly_allowed_insecure_simple_bind(
     samba_lab: SambaLab, relaxed_dc: SambaDC, caplog: pytest.LogCaptureFixture
 ) -> None:
