@@ -17,7 +17,7 @@ from exporter.engine.resolver import Resolved
 from exporter.engine.scheduler import Target
 from exporter.probes import cldap, kerberos, rpc, tcp
 from exporter.probes.outcome import State
-from tests.lab.probe_netns import FencedNet
+from tests.lab.netns import RoutedLab
 from tests.lab.samba_probe_dc import DC_FQDN, ProbeDC
 
 pytestmark = pytest.mark.netns
@@ -26,8 +26,8 @@ TIMEOUT, ATTEMPTS = 0.4, 2
 
 
 @pytest.fixture(scope="module")
-def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FencedNet]:
-    net = FencedNet().up()
+def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedLab]:
+    net = RoutedLab(net=252).up()
     dc = ProbeDC(
         net.dst4,
         tmp_path_factory.mktemp("fenced-dc"),
@@ -44,23 +44,23 @@ def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FencedNet]:
 
 
 @pytest.fixture
-def lab(fenced: FencedNet) -> Iterator[FencedNet]:
+def lab(fenced: RoutedLab) -> Iterator[RoutedLab]:
     fenced.flush()
     yield fenced
     fenced.flush()
 
 
 @pytest.fixture
-def dst(lab: FencedNet) -> Resolved:
+def dst(lab: RoutedLab) -> Resolved:
     return Resolved(socket.AF_INET, lab.dst4)
 
 
-def at(lab: FencedNet, port: int, check: str) -> Target:
+def at(lab: RoutedLab, port: int, check: str) -> Target:
     return Target(lab.dst4, port, check, DC_FQDN)
 
 
 async def test_dropped_dynamic_rpc_port_reads_filtered_while_the_mapper_stays_open(
-    lab: FencedNet, dst: Resolved
+    lab: RoutedLab, dst: Resolved
 ) -> None:
     before = await rpc.lookup(dst, at(lab, 135, "rpc-epm"), TIMEOUT, ATTEMPTS)
     ports = dict(before.endpoints)
@@ -77,7 +77,7 @@ async def test_dropped_dynamic_rpc_port_reads_filtered_while_the_mapper_stays_op
 
 
 async def test_mapper_behind_an_admin_prohibited_reject_reads_unreachable(
-    lab: FencedNet, dst: Resolved
+    lab: RoutedLab, dst: Resolved
 ) -> None:
     lab.block(f"ip daddr {lab.dst4} tcp dport 135 reject with icmp type admin-prohibited")
     outcome = await rpc.check(dst, at(lab, 135, "rpc-epm"), TIMEOUT, ATTEMPTS)
@@ -85,14 +85,14 @@ async def test_mapper_behind_an_admin_prohibited_reject_reads_unreachable(
     assert await rpc.resolve_endpoints(dst, at(lab, 135, "rpc-epm"), TIMEOUT) == []
 
 
-async def test_udp_kerberos_and_cldap_answer_through_an_open_firewall(lab: FencedNet, dst: Resolved) -> None:
+async def test_udp_kerberos_and_cldap_answer_through_an_open_firewall(lab: RoutedLab, dst: Resolved) -> None:
     krb = await kerberos.check_udp(dst, at(lab, 88, "kerberos"), TIMEOUT, ATTEMPTS)
     assert (krb.state, krb.evidence) == (State.OPEN, "KRB-ERROR 25 KDC_ERR_PREAUTH_REQUIRED")
     ping = await cldap.check(dst, at(lab, 389, "cldap"), TIMEOUT, ATTEMPTS)
     assert ping.state is State.OPEN and dict(ping.details)["dc_site"] == "HQ"
 
 
-async def test_udp_drop_reads_filtered_only_after_every_attempt(lab: FencedNet, dst: Resolved) -> None:
+async def test_udp_drop_reads_filtered_only_after_every_attempt(lab: RoutedLab, dst: Resolved) -> None:
     lab.block(f"ip daddr {lab.dst4} udp dport 88 drop")
     started = time.monotonic()
     outcome = await kerberos.check_udp(dst, at(lab, 88, "kerberos"), TIMEOUT, ATTEMPTS)
@@ -101,7 +101,7 @@ async def test_udp_drop_reads_filtered_only_after_every_attempt(lab: FencedNet, 
     assert outcome.attempts == 2 and 0.8 <= elapsed < 1.1
 
 
-async def test_udp_port_unreachable_reject_reads_refused(lab: FencedNet, dst: Resolved) -> None:
+async def test_udp_port_unreachable_reject_reads_refused(lab: RoutedLab, dst: Resolved) -> None:
     lab.block(f"ip daddr {lab.dst4} udp dport 389 reject with icmp type port-unreachable")
     outcome = await cldap.check(dst, at(lab, 389, "cldap"), TIMEOUT, ATTEMPTS)
     assert outcome.state is State.REFUSED
@@ -109,7 +109,7 @@ async def test_udp_port_unreachable_reject_reads_refused(lab: FencedNet, dst: Re
 
 
 async def test_udp_admin_prohibited_reads_unreachable_with_the_router_as_sender(
-    lab: FencedNet, dst: Resolved
+    lab: RoutedLab, dst: Resolved
 ) -> None:
     lab.block(f"ip daddr {lab.dst4} udp dport 88 reject with icmp type admin-prohibited")
     outcome = await kerberos.check_udp(dst, at(lab, 88, "kerberos"), TIMEOUT, ATTEMPTS)
@@ -117,7 +117,7 @@ async def test_udp_admin_prohibited_reads_unreachable_with_the_router_as_sender(
     assert outcome.evidence == f"EHOSTUNREACH (ICMP type 3 code 13 from {lab.router4})"
 
 
-async def test_udp_host_unreachable_is_seen_thanks_to_ip_recverr(lab: FencedNet, dst: Resolved) -> None:
+async def test_udp_host_unreachable_is_seen_thanks_to_ip_recverr(lab: RoutedLab, dst: Resolved) -> None:
     lab.block(f"ip daddr {lab.dst4} udp dport 88 reject with icmp type host-unreachable")
     outcome = await kerberos.check_udp(dst, at(lab, 88, "kerberos"), TIMEOUT, ATTEMPTS)
     assert outcome.state is State.UNREACHABLE

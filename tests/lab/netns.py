@@ -1,5 +1,8 @@
 """A real routed network on one machine: this host -> router namespace (nftables) -> target namespace.
 
+Tests use 10.251 (listeners; conftest's session lab) and 10.252 (a Samba DC for the protocol probes, which
+needs ports the listeners hold); the long soak uses 10.249. Each lab has its own namespaces and routes.
+
     root ns (the prober) --veth-- rtr (forwarding, nftables `forward` chain) --veth-- dst (listeners)
     10.251.1.1, fdfb:1::1         10.251.1.2 | 10.251.2.1                           10.251.2.2, fdfb:2::2
 
@@ -36,12 +39,20 @@ def require_tools(*tools: str) -> None:
 
 @dataclass
 class RoutedLab:
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
-    net: int = 251  # 10.<net>.x.x and fd<net>:: : another lab (a long soak) can run beside the tests
+    tag: str = ""  # namespace/interface names; default: the subnet and this process
+    net: int = 251  # 10.<net>.x.x and fd<net>:: : several labs (the probes' DC lab, a soak) side by side
+
+    def __post_init__(self) -> None:
+        self.tag = self.tag or f"{self.net}-{os.getpid() % 100000}"
 
     @property
     def src4(self) -> str:
         return f"10.{self.net}.1.1"
+
+    @property
+    def router4(self) -> str:
+        """The router's address on the prober's side (the sender of its ICMP errors)."""
+        return f"10.{self.net}.1.2"
 
     @property
     def dst4(self) -> str:
