@@ -14,7 +14,8 @@ from exporter.engine.resolver import Resolved
 from exporter.engine.scheduler import Engine, Target
 from exporter.probes import cldap, dns, kerberos, ldap, registry, rpc, smb
 from exporter.probes.outcome import Outcome, State
-from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, DOMAIN, REALM, LoopbackAlias, ProbeDC
+from tests.lab.samba import loopback_alias
+from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, DOMAIN, REALM, ProbeDC
 from tests.lab.tls import LabPki
 
 DC = Resolved(socket.AF_INET, DC_IP)
@@ -31,7 +32,7 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("probe-dc")
     pki = LabPki.create(work / "tls", DC_FQDN, DC_IP)
-    with LoopbackAlias(DC_IP):
+    with loopback_alias(DC_IP):
         dc = ProbeDC(DC_IP, work, pki).start()
         try:
             yield Lab(dc, pki)

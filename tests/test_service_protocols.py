@@ -12,7 +12,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, LoopbackAlias, ProbeDC
+from tests.lab.samba import loopback_alias
+from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, ProbeDC
 from tests.lab.tls import LabPki
 from tests.test_service import Service, promtool, start_service
 
@@ -32,7 +33,7 @@ def dc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             }
         )
     )
-    with LoopbackAlias(DC_IP):
+    with loopback_alias(DC_IP):
         dc = ProbeDC(DC_IP, work, pki).start()
         try:
             svc = start_service(

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -689,15 +689,41 @@ def wait_for_port(
             time.sleep(0.05)
 
 
+def provision(root: Path, *, realm: str, netbios: str, ip: str, password: str) -> None:
+    """`samba-tool domain provision` of a one-DC domain (DC1, site HQ) serving only `ip`."""
+    run(
+        "samba-tool",
+        "domain",
+        "provision",
+        f"--targetdir={root}",
+        f"--realm={realm}",
+        f"--domain={netbios}",
+        f"--adminpass={password}",
+        "--server-role=dc",
+        "--dns-backend=SAMBA_INTERNAL",
+        f"--host-name={DC_NAME}",
+        f"--host-ip={ip}",
+        "--site=HQ",
+        "--option=dns forwarder = ",
+        f"--option=interfaces = {ip}",
+        "--option=bind interfaces only = yes",
+    )
+
+
 @dataclass
 class SambaDC:
-    """One `samba` process serving a provisioned directory from `root` on one loopback address."""
+    """One `samba` process serving a provisioned directory from `root` on one address: a loopback alias,
+    or an address inside a network namespace the test created (`netns`)."""
 
     root: Path
     ip: str
-    certificates: Certificates
+    certificates: Certificates | None
+    realm: str = REALM
+    netbios: str = NETBIOS_DOMAIN
     require_strong_auth: bool = True
     services: str = "ldap cldap kdc dns"
+    netns: str | None = None
+    wait_ports: tuple[int, ...] = ()  # default: LDAP (and LDAPS with TLS, DNS when served)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -708,52 +734,68 @@ class SambaDC:
         r = self.root
         for sub in ("run", "log", "cache", "state"):
             (r / sub).mkdir(parents=True, exist_ok=True)
+        tls = "tls enabled = no"
+        if self.certificates is not None:
+            c = self.certificates
+            tls = f"tls enabled = yes\n\ttls keyfile = {c.key}\n\ttls certfile = {c.cert}"
+            tls += f"\n\ttls cafile = {c.ca}"
         self.smb_conf.write_text(f"""[global]
-	netbios name = {DC_NAME}
-	realm = {REALM}
-	workgroup = {NETBIOS_DOMAIN}
-	server role = active directory domain controller
-	private dir = {r}/private
-	binddns dir = {r}/bind-dns
-	lock directory = {r}
-	state directory = {r}/state
-	cache directory = {r}/cache
-	pid directory = {r}/run
-	ncalrpc dir = {r}/run/ncalrpc
-	log file = {r}/log/samba.log
-	logging = file
-	log level = 1
-	interfaces = {self.ip}
-	bind interfaces only = yes
-	disable netbios = yes
-	dns forwarder =
-	server services = {self.services}
-	dns update command = /bin/true
-	spn update command = /bin/true
-	tls enabled = yes
-	tls keyfile = {self.certificates.key}
-	tls certfile = {self.certificates.cert}
-	tls cafile = {self.certificates.ca}
-	ldap server require strong auth = {"yes" if self.require_strong_auth else "no"}
+\tnetbios name = {DC_NAME}
+\trealm = {self.realm}
+\tworkgroup = {self.netbios}
+\tserver role = active directory domain controller
+\tprivate dir = {r}/private
+\tbinddns dir = {r}/bind-dns
+\tlock directory = {r}
+\tstate directory = {r}/state
+\tcache directory = {r}/cache
+\tpid directory = {r}/run
+\tncalrpc dir = {r}/run/ncalrpc
+\tlog file = {r}/log/samba.log
+\tlogging = file
+\tlog level = 1
+\tinterfaces = {self.ip}
+\tbind interfaces only = yes
+\tdisable netbios = yes
+\tdns forwarder =
+\tserver services = {self.services}
+\tdns update command = /bin/true
+\tspn update command = /bin/true
+\t{tls}
+\tldap server require strong auth = {"yes" if self.require_strong_auth else "no"}
+[sysvol]
+\tpath = {r}/state/sysvol
+\tread only = No
+[netlogon]
+\tpath = {r}/state/sysvol/{self.realm.lower()}/scripts
+\tread only = No
 """)
 
-    def start(self, timeout: float = 30) -> None:
-        log = (self.root / "log" / "samba.stdout").open("ab")
-        self.process = subprocess.Popen(
-            ["samba", "--foreground", "--no-process-group", "-s", str(self.smb_conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+    def start(self, timeout: float = 30) -> SambaDC:
+        command = ["samba", "--foreground", "--no-process-group", "-s", str(self.smb_conf)]
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        with (self.root / "log" / "samba.stdout").open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ports = self.wait_ports or (
+            389,
+            *((636,) if self.certificates else ()),
+            *((53,) if "dns" in self.services.split() else ()),
         )
-        log.close()
         try:
-            for port in (389, 636, *((53,) if "dns" in self.services.split() else ())):
+            for port in ports:
                 wait_for_port(self.ip, port, timeout, self.process)
         except RuntimeError as exc:
             self.stop()
             tail = (self.root / "log" / "samba.stdout").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{exc}\n{tail}") from None
+        return self
 
     def stop(self) -> None:
         """Stop samba's process group, then any samba-dcerpcd/rpcd_* that outlive it (by pidfile)."""
@@ -787,6 +829,12 @@ class SambaDC:
                 break
             time.sleep(0.05)
 
+    def listening_ports(self) -> set[int]:
+        """TCP ports a process of this DC listens on (ground truth for the endpoint mapper's answers)."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        out = run(*prefix, "ss", "-Hltn", "src", self.ip)
+        return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
 
 @dataclass
 class LoopbackAliases:
@@ -809,6 +857,17 @@ class LoopbackAliases:
             )
 
 
+@contextlib.contextmanager
+def loopback_alias(address: str) -> Iterator[None]:
+    """One /32 alias on `lo` for the duration (left alone if it was already there)."""
+    aliases = LoopbackAliases()
+    aliases.add(address)
+    try:
+        yield
+    finally:
+        aliases.remove_all()
+
+
 # ---- the lab --------------------------------------------------------------------------------------------
 @dataclass
 class SambaLab:
@@ -823,7 +882,7 @@ class SambaLab:
 
     @property
     def certificates(self) -> Certificates:
-        assert self.dc is not None
+        assert self.dc is not None and self.dc.certificates is not None
         return self.dc.certificates
 
     def build(self) -> SambaLab:
@@ -831,23 +890,7 @@ class SambaLab:
         self.aliases.add(LAB_IP)
         root = self.workdir / "dc1"
         started = time.monotonic()
-        run(
-            "samba-tool",
-            "domain",
-            "provision",
-            f"--targetdir={root}",
-            f"--realm={REALM}",
-            f"--domain={NETBIOS_DOMAIN}",
-            f"--adminpass={ADMIN_PASSWORD}",
-            "--server-role=dc",
-            "--dns-backend=SAMBA_INTERNAL",
-            f"--host-name={DC_NAME}",
-            f"--host-ip={LAB_IP}",
-            "--site=HQ",
-            "--option=dns forwarder = ",
-            f"--option=interfaces = {LAB_IP}",
-            "--option=bind interfaces only = yes",
-        )
+        provision(root, realm=REALM, netbios=NETBIOS_DOMAIN, ip=LAB_IP, password=ADMIN_PASSWORD)
         self.timings["provision"] = time.monotonic() - started
         certificates = issue_certificates(self.workdir / "tls", [DC_FQDN, DC_NAME], [LAB_IP, RELAXED_IP])
         self.dc = SambaDC(root, LAB_IP, certificates)
