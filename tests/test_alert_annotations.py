@@ -25,9 +25,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from exporter.inventory.model import safe_text
 from tests.conftest import Listeners, free_port
 from tests.lab.monitoring import Alertmanager, Prometheus, Webhook, alertmanager_config
+from tests.lab.service import Service, start_service
 from tests.test_alerting_e2e import RULES, alerts_in
 from tests.test_matrix_page import browse
-from tests.test_service import Service, start_service
 
 ADDRESS = "127.0.58.1"
 # Host names are validated (the `target` label is the FQDN); site names are free text in AD and land in
@@ -226,8 +226,7 @@ def test_hostile_directory_names_page_with_evidence_and_render_inert(stack: Stac
     assert SHOWN_SITE in subject and "\r" not in subject and "\n" not in subject
 
     # the log said what was replaced, on one line per record
-    stack.svc.proc.terminate()
-    log = stack.svc.proc.communicate(timeout=10)[0]
+    log = stack.svc.stop()
     warning = [line for line in log.splitlines() if "ex1.loop.test: site held control" in line]
     assert len(warning) == 1, log
     assert not [line for line in log.splitlines() if line.startswith("<script>")]

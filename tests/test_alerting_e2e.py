@@ -18,8 +18,8 @@ import yaml
 from tests.conftest import free_port
 from tests.lab.monitoring import Alertmanager, Notification, Prometheus, Webhook, alertmanager_config
 from tests.lab.netns import RoutedLab, run
+from tests.lab.service import Service, start_service
 from tests.test_change_detection import EX1_PORTS
-from tests.test_service import Service, start_service
 
 pytestmark = pytest.mark.netns
 

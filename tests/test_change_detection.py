@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.netns import RoutedLab
-from tests.test_service import Service, start_service
+from tests.lab.service import Service, start_service
 
 pytestmark = pytest.mark.netns
 

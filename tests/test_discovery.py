@@ -42,6 +42,7 @@ from exporter.inventory.refresh import InventoryRefresher
 from exporter.inventory.static import load_inventory
 from tests.lab import samba
 from tests.lab.samba import LAB_IP, RELAXED_IP, SambaDC, SambaLab
+from tests.lab.service import start_service
 
 # ---- the lab, once per session -------------------------------------------------------------------
 
@@ -676,64 +677,20 @@ def test_service_runs_from_ldap_discovery_instead_of_an_inventory_file(
 ) -> None:
     """`serve --ldap-url` plans from the directory and exports discovery health. Names resolve through
     Samba's own DNS (a private resolv.conf in a mount namespace), so no lookup leaves the machine."""
-    import os
-    import subprocess
-    import sys
     import time
 
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.conftest import free_port
-
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {LAB_IP}\noptions timeout:1 attempts:1\n")
-    port = free_port()
-    repo = Path(__file__).resolve().parents[1]
-    cmd = [
-        "unshare",
-        "--mount",
-        "sh",
-        "-c",
-        f'mount --bind {resolv} /etc/resolv.conf && exec "$@"',
-        "sh",
-        sys.executable,
-        "-m",
-        "exporter",
-        "serve",
-        "--ldap-url",
-        f"ldaps://{LAB_IP}",
-        "--bind-user",
-        samba.ADMIN_UPN,
-        "--ca-file",
-        str(samba_lab.certificates.ca),
-        "--source",
-        "monitor.lab.example.test",
-        "--interval",
-        "5",
-        "--timeout",
-        "0.3",
-        "--state-file",
-        "",
-        "--web.listen-address",
-        f"127.0.0.1:{port}",
-    ]
-    env = {**os.environ, "EXFW_BIND_PASSWORD": samba.ADMIN_PASSWORD, "PYTHONPATH": str(repo)}
-    proc = subprocess.Popen(
-        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    base = f"http://127.0.0.1:{port}"
+    unshare = ["unshare", "--mount", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh"]
+    args = ["serve", "--ldap-url", f"ldaps://{LAB_IP}", "--bind-user", samba.ADMIN_UPN]
+    args += ["--ca-file", str(samba_lab.certificates.ca), "--source", "monitor.lab.example.test"]
+    args += ["--interval", "5", "--timeout", "0.3", "--state-file", ""]
+    svc = start_service(args, env={"EXFW_BIND_PASSWORD": samba.ADMIN_PASSWORD}, wrapper=unshare, timeout=40)
+    base = svc.base
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "service never became ready"
-            try:
-                if httpx.get(base + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
         rows = httpx.get(base + "/api/v1/paths", timeout=10).json()
         targets = {row["target"] for row in rows}
         assert {s.fqdn for s in EXPECTED_SERVERS} | {d.fqdn for d in EXPECTED_DCS} == targets
@@ -774,6 +731,5 @@ def test_service_runs_from_ldap_discovery_instead_of_an_inventory_file(
         ):
             assert samba.ADMIN_PASSWORD not in httpx.get(base + page, timeout=10).text, page
     finally:
-        proc.terminate()
-        output = proc.communicate(timeout=10)[0]
+        output = svc.stop()
     assert samba.ADMIN_PASSWORD not in output  # nor in the log

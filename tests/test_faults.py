@@ -7,27 +7,24 @@ inventory at run time, a directory outage, and a baseline that cannot be written
 from __future__ import annotations
 
 import glob
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Listeners, free_port
+from tests.conftest import Listeners
 from tests.lab import samba
 from tests.lab.hostile import SilentPeers
 from tests.lab.netns import RoutedLab
 from tests.lab.samba import LAB_IP, SambaLab
+from tests.lab.service import Service, start_service
 from tests.test_change_detection import EX1_PORTS, inventory
 from tests.test_engine import loopback_org
-from tests.test_service import Service, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,40 +53,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 40.0, step: float
 
 
 def spawn(args: list[str], *, env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> Service:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *(wrapper or []),
-            sys.executable,
-            "-m",
-            "exporter",
-            *args,
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-    )
-    svc = Service(f"http://127.0.0.1:{port}", proc)
-
-    def answering() -> bool:
-        assert proc.poll() is None, "service exited"
-        try:
-            return svc.get("/-/healthy").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(answering, 30, 0.1)
-    return svc
+    """The service, answering /-/healthy (ready may wait for a first pass this test wants to watch)."""
+    return start_service(args, env=env, wrapper=wrapper, ready="/-/healthy")
 
 
 def stop(svc: Service) -> None:
-    if svc.proc.poll() is None:
-        svc.proc.terminate()
-        svc.proc.wait(10)
+    svc.stop()
 
 
 # ---- SIGKILL and restart ---------------------------------------------------------------------------

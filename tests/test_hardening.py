@@ -14,8 +14,8 @@ import yaml
 
 from tests.conftest import Listeners, free_port
 from tests.lab.monitoring import Alertmanager, Webhook, alertmanager_config
+from tests.lab.service import Service, start_service
 from tests.test_engine import loopback_org
-from tests.test_service import Service, start_service
 
 EXPECTED_ROUTES = {
     "/metrics",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.outputs import matrix
-from tests.test_service import Service, start_service
+from tests.lab.service import Service, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"

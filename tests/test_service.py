@@ -17,7 +17,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Listeners, free_port
+from tests.conftest import Listeners
+from tests.lab.service import Service, start_service
 from tests.test_engine import loopback_org, run_check
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,40 +29,6 @@ def promtool() -> str:
     if tool is None:
         raise RuntimeError("promtool is missing: `make test` installs Debian's prometheus package")
     return tool
-
-
-class Service:
-    def __init__(self, base: str, proc: subprocess.Popen[str]) -> None:
-        self.base = base
-        self.proc = proc
-
-    def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
-        return httpx.get(self.base + path, params=params, timeout=10)
-
-
-def start_service(args: list[str]) -> Service:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    service = Service(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if service.get("/-/ready").status_code == 200:
-                return service
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited: {proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("service did not become ready")
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.samba import loopback_alias
 from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, ProbeDC
+from tests.lab.service import Service, start_service
 from tests.lab.tls import LabPki
-from tests.test_service import Service, promtool, start_service
+from tests.test_service import promtool
 
 
 @pytest.fixture(scope="module")

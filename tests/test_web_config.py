@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +14,8 @@ import yaml
 
 from exporter.errors import ConfigError
 from exporter.outputs.webconfig import load_web_config
-from tests.conftest import free_port
+from tests.lab.service import Service, start_service
 from tests.test_engine import loopback_org
-from tests.test_service import Service
 
 PASSWORD = "correct horse battery staple"  # a test credential, asserted never to leak
 
@@ -49,44 +43,10 @@ def start(tmp_path: Path, web: dict[str, object]) -> tuple[Service, Path]:
     file.write_text(yaml.safe_dump(web))
     inventory = tmp_path / "inv.yaml"
     inventory.write_text(yaml.safe_dump(loopback_org("127.0.40.", servers=1)))
-    port = free_port()
-    repo = Path(__file__).resolve().parents[1]
     log = tmp_path / "service.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "serve",
-            "--inventory",
-            str(inventory),
-            "--source",
-            "o",
-            "--interval",
-            "5",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            "",
-            "--web.config.file",
-            str(file),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=repo,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    return Service(f"https://127.0.0.1:{port}", proc), log
+    args = ["serve", "--inventory", str(inventory), "--source", "o", "--interval", "5", "--timeout", "0.3"]
+    args += ["--state-file", "", "--web.config.file", str(file)]
+    return start_service(args, ready=None, scheme="https", log=log), log
 
 
 @pytest.fixture
