@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.cli import DEFAULT_PORT, build_parser
+from exporter.flags import DEFAULT_PORT, build_parser
 from exporter.inventory.static import load_inventory
 from tests.conftest import free_port
 

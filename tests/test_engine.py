@@ -89,6 +89,7 @@ def run_check(
     *extra: str,
     preexec: Callable[[], None] | None = None,
     wrapper: list[str] | None = None,
+    columns: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     file = tmp_path / "inventory.yaml"
     file.write_text(yaml.safe_dump(inventory))
@@ -111,7 +112,7 @@ def run_check(
         cwd=REPO,
         timeout=60,
         preexec_fn=preexec,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **({"COLUMNS": str(columns)} if columns else {})},
     )
 
 

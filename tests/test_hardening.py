@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import Listeners, free_port
 from tests.lab.monitoring import Alertmanager, Webhook, alertmanager_config
 from tests.lab.service import Service, start_service
-from tests.test_engine import loopback_org
+from tests.test_engine import loopback_org, run_check
 
 EXPECTED_ROUTES = {
     "/metrics",
@@ -64,7 +64,7 @@ def probes_total(svc: Service) -> float:
 
 def test_no_endpoint_probes_an_address_a_caller_names(service: Service, listeners: Listeners) -> None:
     """blackbox_exporter's /probe?target= is an open proxy by design; this service has no such thing."""
-    from exporter.cli import build_parser  # noqa: F401 - the CLI is the only way to add targets
+    from exporter.flags import build_parser  # noqa: F401 - the CLI is the only way to add targets
 
     spec = service.get("/openapi.json").json()
     assert set(spec["paths"]) <= EXPECTED_ROUTES
@@ -191,3 +191,17 @@ def test_openapi_fuzzing_finds_no_server_errors_or_schema_violations(tmp_path: P
     service.proc.wait(10)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-3000:]
+
+
+def test_check_prints_directory_text_literally_not_as_terminal_markup(tmp_path: Path) -> None:
+    """`check`'s table is drawn with rich, whose [markup] in a site or organisation name would restyle the
+    output, open a hyperlink, or (an unmatched closing tag) crash the command."""
+    org = loopback_org("127.0.47.", servers=1)
+    org["organisation"] = "[/bold] [red]Org"
+    org["servers"][0]["site"] = "[link=http://evil.example]HQ[/link] [/]"
+    result = run_check(org, tmp_path, "--output", "table", "--timeout", "0.2", "--connect-only", columns=400)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr  # nothing listens there: required paths refused
+    assert "site [link=http://evil.example]HQ[/link] [/]):" in result.stdout
+    assert "[/bold] [red]Org from observer.test" in result.stdout
+    assert "\x1b]8;" not in result.stdout  # no OSC 8 hyperlink came out of the name

@@ -1,0 +1,132 @@
+"""`check`: probe every planned path once, print a table (or JSON, CSV) and exit 0/1/2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from typing import Any
+
+from exporter.cli import inventory_and_plan
+from exporter.probes import registry
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from exporter import demo as demo_org
+    from exporter.engine.scheduler import Engine
+    from exporter.outputs.api import path_view
+    from exporter.outputs.pathtable import PathTable
+    from exporter.prober import new_loop, targets_of
+
+    is_demo = not args.inventory
+    inventory, source, paths = inventory_and_plan(args, is_demo)
+    listeners = None
+    if is_demo:
+        listeners = demo_org.DemoListeners(paths)
+        listeners.start()
+    table = PathTable(paths)
+    engine = Engine(
+        targets_of(paths),
+        table,
+        timeout=args.timeout,
+        attempts=args.attempts,
+        max_concurrency=args.max_concurrency,
+        checks=registry.checks(cafile=args.probe_ca_file),
+        once=True,
+        tick=0.02,
+        seed=source,
+    )
+    loop = new_loop()
+    try:
+        if args.output == "table" and sys.stderr.isatty():
+            _run_with_progress(loop, engine, len(paths))
+        else:
+            loop.run_until_complete(engine.run())
+    finally:
+        loop.close()
+        if listeners is not None:
+            listeners.stop()
+    rows = [path_view(path, result) for path, result in table.items()]
+    if args.output == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["source"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_table(rows, source, inventory.organisation)
+    failing = [r for r in rows if r["required"] and r["state"] != "open"]
+    return 1 if failing else 0
+
+
+def _run_with_progress(loop: asyncio.AbstractEventLoop, engine: Any, total: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("paths", total=total)
+
+        async def watch() -> None:
+            runner = asyncio.ensure_future(engine.run())
+            while not runner.done():
+                progress.update(task, completed=engine.stats.completed_paths)
+                await asyncio.sleep(0.1)
+            await runner
+
+        loop.run_until_complete(watch())
+
+
+_STYLE = {
+    "open": "green",
+    "refused": "red",
+    "filtered": "red",
+    "unreachable": "red",
+    "dns_error": "yellow",
+    "local_error": "yellow",
+}
+
+
+def _print_table(rows: list[dict[str, Any]], source: str, organisation: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_target.setdefault(row["target"], []).append(row)
+    for target, group in by_target.items():
+        first = group[0]
+        bad = sum(1 for r in group if r["state"] != "open")
+        table = Table(
+            # names and evidence come from the directory and from peers: text, never rich markup
+            title=Text(
+                f"{target} ({first['target_role']}, site {first['target_site']}): "
+                f"{len(group) - bad}/{len(group)} open"
+            ),
+            title_justify="left",
+        )
+        for column in ("port", "proto", "service", "kind", "required", "state", "evidence", "rtt ms"):
+            table.add_column(column)
+        for r in group:
+            style = _STYLE.get(r["state"] or "", "")
+            rtt = f"{r['rtt_seconds'] * 1000:.1f}" if r["rtt_seconds"] is not None else ""
+            table.add_row(
+                str(r["port"]),
+                r["proto"],
+                r["service"],
+                r["kind"],
+                "yes" if r["required"] else "no",
+                Text(str(r["state"]), style=style),
+                Text(str(r["evidence"])),
+                rtt,
+            )
+        console.print(table)
+    failing = [r for r in rows if r["required"] and r["state"] != "open"]
+    verdict = "all required paths open" if not failing else f"{len(failing)} required path(s) NOT open"
+    console.print(f"[bold]{escape(organisation)}[/bold] from {escape(source)}: {len(rows)} paths, {verdict}")

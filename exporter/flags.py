@@ -1,0 +1,247 @@
+"""The command line's flags: one parser for `serve`, `demo`, `check` and `discover`."""
+
+from __future__ import annotations
+
+import argparse
+
+from exporter import __version__
+from exporter.errors import ConfigError
+from exporter.inventory.discover_cli import add_directory_arguments, add_discover_arguments
+from exporter.plan.planner import Vantage
+
+DEFAULT_PORT = 10135
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`:10135`, `127.0.0.1:10135`, `[::1]:10135` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"--web.listen-address {value!r} is not host:port", fix="e.g. :10135 or [::1]:10135"
+        )
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return number
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory", metavar="FILE", help="static inventory YAML (default: the demo)")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="this agent's identity, an inventory member's FQDN or name "
+        "(default: this host's FQDN; a name outside the inventory makes an observer)",
+    )
+    parser.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="bare TCP connects only: no protocol conversations (DNS, Kerberos, LDAP, SMTP, health pages...) "
+        "and no UDP paths (the demo always runs like this: its listeners speak no protocol)",
+    )
+    parser.add_argument(
+        "--probe.ca-file",
+        dest="probe_ca_file",
+        metavar="FILE",
+        help="CA to verify the targets' TLS certificates with (LDAPS, SMTP STARTTLS, HTTPS; default: the "
+        "system trust store). Verification failures are reported, never fatal",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="probe only shard I of N of the paths (rendezvous hashing: several central probers split "
+        "the targets, and adding one moves only its share)",
+    )
+    parser.add_argument(
+        "--source-site",
+        default=None,
+        metavar="SITE",
+        help="this agent's AD site, for an agent outside the inventory (members take theirs from it)",
+    )
+    parser.add_argument(
+        "--vantage",
+        choices=[v.value for v in Vantage],
+        default=None,
+        help="override where this agent stands (default: from --source's inventory entry)",
+    )
+    parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds per attempt (default 2)")
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="silent attempts before a path reads filtered (default 3)"
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="probes in flight (default: from fd limit)"
+    )
+    parser.add_argument(
+        "--enable-service",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="probe an optional client service too (pop3, pop3s, imap, imaps, um-callrouter-sip...)",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _mesh_flags(parser: argparse.ArgumentParser) -> None:
+    mesh = parser.add_argument_group("mesh (many agents adding up to the full pairwise picture)")
+    mesh.add_argument(
+        "--mesh",
+        action="store_true",
+        help="pull the other agents' paths into /matrix and /api/v1/mesh, and list them in /api/v1/sd",
+    )
+    mesh.add_argument("--mesh-port", type=int, default=None, help="the port agents listen on (default: ours)")
+    mesh.add_argument(
+        "--mesh-members",
+        choices=["exchange", "all", "none"],
+        default="exchange",
+        help="which inventory members run an agent (default: the Exchange servers)",
+    )
+    mesh.add_argument(
+        "--mesh-peer",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="an extra agent, e.g. a client zone: client-vlan1=http://10.9.0.5:10135",
+    )
+    mesh.add_argument("--mesh.scheme", dest="mesh_scheme", choices=["http", "https"], default="http")
+    mesh.add_argument(
+        "--mesh.ca-file",
+        dest="mesh_ca_file",
+        metavar="FILE",
+        help="CA to verify the peers' TLS with (default: the system trust store)",
+    )
+    mesh.add_argument("--mesh.username", dest="mesh_username", help="basic-auth user for the peers' API")
+    mesh.add_argument(
+        "--mesh.password-file",
+        dest="mesh_password_file",
+        metavar="FILE",
+        help="basic-auth password for the peers' API (or $EXFW_MESH_PASSWORD)",
+    )
+    mesh.add_argument(
+        "--mesh.advertise-address",
+        dest="mesh_advertise",
+        metavar="HOST[:PORT]",
+        help="how peers and Prometheus reach this agent (default: its inventory address)",
+    )
+
+
+def _state_flags(parser: argparse.ArgumentParser, default_state: str | None) -> None:
+    parser.add_argument(
+        "--state-file",
+        default=default_state,
+        metavar="PATH",
+        help="SQLite baseline of what each path has been (default: /var/lib/exchange-firewall-exporter/"
+        "state.sqlite when writable, else the user's state directory; '' keeps it in memory)",
+    )
+    parser.add_argument(
+        "--block-after",
+        type=int,
+        default=3,
+        metavar="K",
+        help="non-open probes in a row before a path is blocked (default 3)",
+    )
+    parser.add_argument(
+        "--recover-after", type=int, default=1, metavar="N", help="open probes before it recovers (default 1)"
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=_positive,
+        default=30.0,
+        help="a blocked path is 'newly blocked' when seen open within this many days (default 30)",
+    )
+    parser.add_argument(
+        "--confirm-delay",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="re-probe a path this soon after it stops (or starts) answering, instead of waiting an "
+        "interval, so a change is confirmed in seconds (default 1; 0 disables)",
+    )
+
+
+def demo_break_default() -> float:
+    from exporter.demo import BREAK_AFTER
+
+    return BREAK_AFTER
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exchange-firewall-exporter",
+        description="Probe every network path an Exchange organisation needs and export the results "
+        "to Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="probe continuously and serve /metrics (the default command)")
+    _common(serve)
+    serve.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        help=f"address to serve on (default {DEFAULT_LISTEN})",
+    )
+    serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
+    add_directory_arguments(serve)
+    _mesh_flags(serve)
+    serve.add_argument(
+        "--inventory-reload-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="check the --inventory file this often and re-plan when it changed (default 10; 0 disables); "
+        "a file that no longer validates is reported and the running plan kept",
+    )
+    serve.add_argument(
+        "--discovery-interval",
+        type=_positive,
+        default=900.0,
+        metavar="SECONDS",
+        help="re-read Active Directory this often (default 900); used with --ldap-url or --domain",
+    )
+    discover = sub.add_parser(
+        "discover",
+        help="read the organisation from Active Directory (a table, json, or an inventory file with "
+        "--output yaml)",
+    )
+    add_discover_arguments(discover)
+    demo = sub.add_parser("demo", help="serve the built-in demo organisation with real loopback listeners")
+    _common(demo)
+    demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
+    demo.add_argument("--interval", type=_positive, default=15.0)
+    demo.add_argument(
+        "--demo-break-after",
+        type=_positive,
+        default=demo_break_default(),
+        metavar="SECONDS",
+        help="close one open listener after this long, to show a newly blocked path (default 60)",
+    )
+    for sub_parser, default_state in ((serve, None), (demo, "")):
+        _state_flags(sub_parser, default_state)
+        sub_parser.add_argument(
+            "--web.api-rate-limit",
+            dest="web_api_rate",
+            type=_positive,
+            default=20.0,
+            metavar="PER_SECOND",
+            help="API and page requests per second per client (bursts of three times that); /metrics and the "
+            "health checks have their own budget (default 20)",
+        )
+        sub_parser.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            metavar="FILE",
+            help="TLS and basic auth, in the Prometheus exporter-toolkit format (see the README)",
+        )
+    check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
+    _common(check)
+    check.add_argument("--output", choices=["table", "json", "csv"], default="table")
+    return parser
