@@ -60,7 +60,7 @@ class ExporterCollector(Collector):
             "exchange_probe_cycles", "Complete passes over the plan.", value=stats.cycles
         )
         paths = GaugeMetricFamily("exchange_paths", "Paths this agent probes, by path kind.", labels=["kind"])
-        for kind, count in sorted(Counter(p.kind.value for p in prober.table.paths).items()):
+        for kind, count in sorted(prober.table.kinds.items()):
             paths.add_metric([kind], count)
         yield paths
         members = GaugeMetricFamily(

@@ -3,16 +3,20 @@
 Rendering 100k paths x 9 series with prometheus_client takes over a second, so each path keeps its
 exposition lines cached: the state-dependent lines are rebuilt only when the state changes, the two
 numeric lines on every outcome (a couple of f-strings, ~1 us, on the prober's thread). A scrape then only
-joins cached strings, off the probing loop. Each path's record is replaced by one reference assignment,
-so a scrape never sees half of an update.
+joins cached strings, off the probing loop: each family keeps one list of its lines, index-aligned with
+the paths, so a block of the exposition is one C-level join of a slice. A scrape copies the slices it needs
+under a short lock that `record` also takes, so it never sees half of a path's update.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from operator import attrgetter
 
 from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import Path
@@ -165,6 +169,23 @@ class PathResult:
     cert_line: str = ""
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _compressors() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="gzip")
+        return _pool
+
+
+def _piece(item: tuple[int, int, int, list[str]]) -> tuple[tuple[int, int], tuple[int, Piece]]:
+    number, block, version, lines = item
+    return (number, block), (version, Piece("".join(lines).encode("utf-8")))
+
+
 class PathTable:
     """Results for a fixed list of paths (replace the table when the plan changes)."""
 
@@ -175,11 +196,15 @@ class PathTable:
         self._state_cache: list[tuple[State, str, str] | None] = [None] * len(self.paths)
         self.probed = 0  # paths with at least one result
         self._seeds: list[_Seed | None] = [None] * len(self.paths)
+        #: per family, each path's current lines ("" when it has none): a result's, else its seed's
+        self._lines: list[list[str]] = [[""] * len(self.paths) for _ in _FIELDS]
         # per family and block of BLOCK paths: a version bumped whenever one of its lines changes, and
         # the compressed piece made at some version (see render_gzip)
         blocks = (len(self.paths) + BLOCK - 1) // BLOCK
         self._versions = [[0] * blocks for _ in _FIELDS]
         self._pieces: dict[tuple[int, int], tuple[int, Piece]] = {}
+        self._lock = threading.Lock()  # record/seed vs a scrape's snapshot: one path's lines move together
+        self.kinds = Counter(p.kind.value for p in self.paths)  # paths by kind, for exchange_paths
         if previous is not None:
             carried = {p.key: r for p, r in previous.items() if r is not None}
             for index, path in enumerate(self.paths):
@@ -217,8 +242,7 @@ class PathTable:
                 f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
                 f'port="{path.port}",service="{escape_label(path.service)}"}} {outcome.cert_expiry:.0f}\n'
             )
-        old = self._results[index]
-        self._results[index] = PathResult(
+        new = PathResult(
             outcome,
             wall,
             cached[1],
@@ -233,12 +257,15 @@ class PathTable:
             protocol,
             cert,
         )
-        new = self._results[index]
         block = index // BLOCK
-        versions = self._versions
-        for number, field in enumerate(_FIELDS):
-            if old is None or getattr(old, field) != getattr(new, field):
-                versions[number][block] += 1
+        versions, lines = self._versions, self._lines
+        with self._lock:
+            self._results[index] = new
+            for number, field in enumerate(_FIELDS):
+                line = getattr(new, field)
+                if lines[number][index] != line:
+                    lines[number][index] = line
+                    versions[number][block] += 1
 
     def seed(self, index: int, status: PathStatus) -> None:
         """Export a path's remembered status (from the baseline) before this process has probed it, so a
@@ -246,9 +273,12 @@ class PathTable:
         if status.status is Status.PENDING or self._results[index] is not None:
             return
         blocked, newly, since, last_open = _status_lines(self._labels[index], status)
-        self._seeds[index] = _Seed(blocked, newly, since, last_open)
-        for versions in self._versions:
-            versions[index // BLOCK] += 1
+        seed = _Seed(blocked, newly, since, last_open)
+        with self._lock:
+            self._seeds[index] = seed
+            for number, field in enumerate(_FIELDS):
+                self._lines[number][index] = getattr(seed, field)
+                self._versions[number][index // BLOCK] += 1
 
     def results(self) -> list[PathResult | None]:
         """A copy of the current results, index-aligned with `paths`."""
@@ -260,39 +290,34 @@ class PathTable:
     def render_gzip(self, head: bytes) -> bytes:
         """`head` + render() as one gzip member, recompressing only the blocks whose lines changed since
         the last scrape (the state-dependent families rarely change; timestamps always do)."""
-        # versions before lines: a line recorded in between is then at most re-compressed once too often
-        versions = [list(v) for v in self._versions]
-        seeds, results = self._seeds, self.results()
+        changed: list[tuple[int, int, int, list[str]]] = []  # (family, block, version, its lines)
+        with self._lock:  # copies references only: the prober waits a millisecond or two at most
+            for number, family_versions in enumerate(self._versions):
+                lines = self._lines[number]
+                for block, version in enumerate(family_versions):
+                    cached = self._pieces.get((number, block))
+                    if cached is None or cached[0] != version:
+                        changed.append((number, block, version, lines[block * BLOCK : (block + 1) * BLOCK]))
+        # zlib releases the GIL while it compresses: the changed blocks are compressed on all cores
+        built = _compressors().map(_piece, changed) if len(changed) > 1 else map(_piece, changed)
+        for key, value in built:
+            self._pieces[key] = value
         pieces = [Piece(head)]
-        for number, ((name, kind, help_text), field) in enumerate(zip(FAMILIES, _FIELDS, strict=True)):
-            family: list[Piece] = []
-            for block, version in enumerate(versions[number]):
-                cached = self._pieces.get((number, block))
-                if cached is None or cached[0] != version:
-                    lines = []
-                    for index in range(block * BLOCK, min((block + 1) * BLOCK, len(results))):
-                        chosen = results[index] if results[index] is not None else seeds[index]
-                        if chosen is not None:
-                            lines.append(getattr(chosen, field))
-                    cached = (version, Piece("".join(lines).encode("utf-8")))
-                    self._pieces[(number, block)] = cached
-                family.append(cached[1])
+        blocks = len(self._versions[0]) if self._versions else 0
+        for number, (name, kind, help_text) in enumerate(FAMILIES):
+            family = [self._pieces[(number, block)][1] for block in range(blocks)]
             if any(piece.size for piece in family):
                 pieces.append(Piece(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()))
                 pieces.extend(family)
         return assemble(pieces)
 
     def render(self) -> str:
-        """The four per-path families in the text exposition format (paths never probed are left out)."""
-        seeds = self._seeds
-        snapshot: list[PathResult | _Seed] = []
-        for index, result in enumerate(self.results()):
-            chosen = result if result is not None else seeds[index]
-            if chosen is not None:
-                snapshot.append(chosen)
+        """The per-path families in the text exposition format (paths never probed are left out)."""
+        with self._lock:
+            snapshot = [list(lines) for lines in self._lines]
         parts: list[str] = []
-        for (name, kind, help_text), field in zip(FAMILIES, _FIELDS, strict=True):
-            body = "".join(map(attrgetter(field), snapshot))
+        for (name, kind, help_text), lines in zip(FAMILIES, snapshot, strict=True):
+            body = "".join(lines)
             if body:
                 parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
                 parts.append(body)
