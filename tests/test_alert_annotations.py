@@ -13,7 +13,6 @@ import socket
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tests.conftest import Listeners, free_port
 from tests.lab.monitoring import Alertmanager, Prometheus, Webhook, alertmanager_config
 from tests.lab.service import Service, start_service
 from tests.test_alerting_e2e import RULES, alerts_in
-from tests.test_matrix_page import browse
+from tests.test_matrix_page import Tags, browse
 
 ADDRESS = "127.0.58.1"
 # Host names are validated (the `target` label is the FQDN); site names are free text in AD and land in
@@ -63,15 +62,6 @@ class Mailbox:
                     return message
             time.sleep(0.2)
         raise AssertionError(f"no e-mail in {timeout}s: {[m['Subject'] for m in self.messages]}")
-
-
-class Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
 
 
 def tags_of(dom: str) -> list[tuple[str, dict[str, str | None]]]:
