@@ -47,14 +47,17 @@ class SoakReport:
     rss_end_kib: int = 0
     lag_max: float = 0.0
     probes: float = 0.0
+    rss_series: list[tuple[int, int]] = field(default_factory=list)  # (seconds into the run, KiB) each minute
 
     def summary(self) -> str:
-        return (
+        text = (
             f"soak: {self.targets} targets, {self.paths} paths, {self.seconds:.0f} s, "
             f"{len(self.changes)} firewall changes, {self.detected} detected, {len(self.missed)} missed, "
             f"{len(self.false_pages)} false pages, RSS {self.rss_start_kib / 1024:.1f} -> "
             f"{self.rss_end_kib / 1024:.1f} MiB, max lag {self.lag_max:.2f} s, {self.probes:.0f} probes"
         )
+        every_ten = [f"{t // 60}m {kib / 1024:.1f}" for t, kib in self.rss_series if (t // 60) % 10 == 0]
+        return text + (f"\nRSS (MiB) every 10 minutes: {', '.join(every_ten)}" if len(every_ten) > 1 else "")
 
 
 def rss_kib(pid: int) -> int:
@@ -145,6 +148,7 @@ def soak(
         active: list[tuple[Change, int]] = []
         next_change = started + 2.0
         hold = max(4 * interval, 12.0)  # long enough to be confirmed, whatever the phase
+        next_sample = started
         while time.monotonic() - started < seconds or active:
             now = time.monotonic()
             adding = now - started < seconds
@@ -182,6 +186,9 @@ def soak(
                 next_change = now + rng.uniform(3.0, 8.0)
             text = client.get(base + "/metrics").text
             report.lag_max = max(report.lag_max, metric(text, "exchange_probe_lag_seconds"))
+            if now >= next_sample:
+                report.rss_series.append((round(now - started), rss_kib(proc.pid)))
+                next_sample += 60.0
             time.sleep(1.0)
         time.sleep(hold)  # every change was held `hold` seconds; let the last recoveries come in
         text = client.get(base + "/metrics").text
