@@ -196,7 +196,7 @@ def test_openapi_fuzzing_finds_no_server_errors_or_schema_violations(tmp_path: P
 def test_check_prints_directory_text_literally_not_as_terminal_markup(tmp_path: Path) -> None:
     """`check`'s table is drawn with rich, whose [markup] in a site or organisation name would restyle the
     output, open a hyperlink, or (an unmatched closing tag) crash the command."""
-    org = loopback_org("127.0.47.", servers=1)
+    org = loopback_org("127.0.59.", servers=1)
     org["organisation"] = "[/bold] [red]Org"
     org["servers"][0]["site"] = "[link=http://evil.example]HQ[/link] [/]"
     result = run_check(org, tmp_path, "--output", "table", "--timeout", "0.2", "--connect-only", columns=400)
