@@ -226,7 +226,17 @@ def test_a_firewall_change_pages_once_with_evidence_and_resolves(stack: Stack) -
     }
     assert grouped.body["groupLabels"] == {"source_site": "HQ", "target_site": "Branch"}
 
-    # 4. every PromQL expression we ship parses, and the ones that should have data have some now
+    # 4. every PromQL expression we ship parses, and the ones that should have data have some now. The
+    # recording rules run on their group's own 30 s interval, at an offset Prometheus picks: wait for an
+    # evaluation that saw the blocked paths (dashboards read these recorded series)
+    for recorded in (
+        "exchange:paths:count_by_site_pair",
+        "exchange:paths_blocked:sum_by_site_pair > 0",
+        "exchange:paths_newly_blocked:sum_by_site_pair > 0",
+        "exchange:target_all_paths_blocked:bool",
+        "exchange:probes:rate5m",
+    ):
+        wait_prom(prom, recorded, timeout=75)
     must_have_data = {
         "exchange-firewall.rules.yml:exchange:paths:count_by_site_pair",
         "exchange-firewall.rules.yml:exchange:paths_blocked:sum_by_site_pair",
