@@ -5,21 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from exporter.text import escape_unsafe
 
-#: C0/C1 controls, DEL, line/paragraph separators and bidi controls, written as escapes
-_ESCAPES = {
-    code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    for code in (
-        *range(0x00, 0x20),
-        *range(0x7F, 0xA0),
-        0x2028,
-        0x2029,
-        *range(0x202A, 0x202F),
-        *range(0x2066, 0x206A),
-    )
-}
-_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class OneLineFormatter(logging.Formatter):
@@ -27,7 +15,7 @@ class OneLineFormatter(logging.Formatter):
     log lines or drive a terminal. Tracebacks (from the logging call, not the data) keep their lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        record.message = escape_unsafe(record.message)
         return super().formatMessage(record)
 
 

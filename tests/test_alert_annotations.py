@@ -21,7 +21,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from exporter.inventory.model import safe_text
+from exporter.text import safe_text
 from tests.conftest import Listeners, free_port
 from tests.lab.monitoring import Alertmanager, Prometheus, Webhook, alertmanager_config
 from tests.lab.service import Service, start_service

@@ -28,6 +28,7 @@ from exporter.outputs.pathtable import PathTable
 from exporter.plan.catalogue import PathKind
 from exporter.plan.planner import Path as PlanPath
 from exporter.probes.outcome import Outcome, State
+from exporter.text import UNSAFE_CODES
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -172,7 +173,7 @@ def test_directory_strings_render_inert_in_the_matrix(name: str, site: str, evid
         assert html.escape(value, quote=True) in page
 
 
-UNSAFE = {*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+UNSAFE = UNSAFE_CODES
 
 
 @FUZZ

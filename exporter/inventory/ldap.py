@@ -36,8 +36,8 @@ from exporter.inventory.model import (
     Version,
     neutralise,
     product_of_build,
-    safe_text,
 )
+from exporter.text import safe_text
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from exporter.errors import ConfigError
+from exporter.text import safe_text
 
 
 class Role(enum.StrEnum):
@@ -177,27 +178,6 @@ class Inventory:
 
 
 # ---- untrusted text --------------------------------------------------------------------------------------
-#: Characters a directory string must not carry into labels, pages, alerts and e-mail subjects: C0/C1
-#: controls and DEL (CR/LF split lines and headers, ESC drives terminals), the Unicode line and paragraph
-#: separators, and the bidirectional embedding/override/isolate controls that reorder what a reader sees.
-_UNSAFE = {
-    code: "\ufffd"
-    for code in (
-        *range(0x00, 0x20),
-        *range(0x7F, 0xA0),
-        0x2028,
-        0x2029,
-        *range(0x202A, 0x202F),
-        *range(0x2066, 0x206A),
-    )
-}
-
-
-def safe_text(value: str) -> str:
-    """`value` with every unsafe character replaced by U+FFFD (the replacement character)."""
-    return value.translate(_UNSAFE)
-
-
 _M = TypeVar("_M", Server, DomainController)
 
 
@@ -227,17 +207,4 @@ def neutralise(inventory: Inventory) -> Inventory:
     organisation = safe_text(inventory.organisation)
     if organisation != inventory.organisation:
         warnings.append("the organisation name held control characters; each is shown as U+FFFD")
-    if (
-        organisation == inventory.organisation
-        and all(a is b for a, b in zip(servers, inventory.servers, strict=True))
-        and all(a is b for a, b in zip(dcs, inventory.domain_controllers, strict=True))
-        and tuple(warnings) == inventory.warnings
-    ):
-        return inventory
-    return Inventory(
-        organisation,
-        servers,
-        dcs,
-        source=inventory.source,
-        warnings=tuple(warnings),
-    )
+    return Inventory(organisation, servers, dcs, source=inventory.source, warnings=tuple(warnings))

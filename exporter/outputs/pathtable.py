@@ -195,7 +195,6 @@ class PathTable:
         self._results: list[PathResult | None] = [None] * len(self.paths)
         self._state_cache: list[tuple[State, str, str] | None] = [None] * len(self.paths)
         self.probed = 0  # paths with at least one result
-        self._seeds: list[_Seed | None] = [None] * len(self.paths)
         #: per family, each path's current lines ("" when it has none): a result's, else its seed's
         self._lines: list[list[str]] = [[""] * len(self.paths) for _ in _FIELDS]
         # per family and block of BLOCK paths: a version bumped whenever one of its lines changes, and
@@ -275,7 +274,6 @@ class PathTable:
         blocked, newly, since, last_open = _status_lines(self._labels[index], status)
         seed = _Seed(blocked, newly, since, last_open)
         with self._lock:
-            self._seeds[index] = seed
             for number, field in enumerate(_FIELDS):
                 self._lines[number][index] = getattr(seed, field)
                 self._versions[number][index // BLOCK] += 1
