@@ -335,7 +335,7 @@ def planned_endpoints(data: dict[str, Any]) -> list[tuple[str, int]]:
     """
     import inspect
 
-    from exporter.cli import AVAILABLE_CHECKS
+    from exporter.compose import AVAILABLE_CHECKS
     from exporter.inventory.static import parse_inventory
     from exporter.plan.planner import plan
 

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.inventory.ldap import LdapSettings, Secret, discover
+from exporter.inventory.ldap import discover
+from exporter.inventory.ldap_settings import LdapSettings, Secret
 from tests.lab import samba
 from tests.lab.samba import DagSpec, DcSpec, Directory, ExchangeServerSpec, SambaLab
 

@@ -1,6 +1,6 @@
 """In-process exposition rendering at scale: `python -m bench.render [--paths 100000]`.
 
-Times PathTable.render_gzip (what a Prometheus scrape gets) cold and then after every path was
+Times PathExposition.render_gzip (what a Prometheus scrape gets) cold and then after every path was
 re-probed (the worst case for the per-probe timestamp lines), and the plain rendering.
 """
 
@@ -10,11 +10,12 @@ import argparse
 import sys
 import time
 
-from exporter.outputs.pathtable import PathTable
+from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.baseline import Classification, PathStatus, Status
+from exporter.state.results import ResultTable
+from exporter.state.status import Classification, PathStatus, Status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n = args.paths
     paths = [
-        Path(
+        NetworkPath(
             "monitor.contoso.example",
             "HQ",
             f"ex{i // 14:05d}.contoso.example",
@@ -38,22 +39,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i in range(n)
     ]
-    table = PathTable(paths)
+    table = ResultTable(paths)
+    exposition = PathExposition()
+    exposition.attach(table)
     status = PathStatus("k", Status.OPEN, Classification.OK, state_since=1.7e9, last_open=1.7e9)
     for i in range(n):
-        table.record(i, Outcome(State.OPEN, 0.001, ""), 1.7e9, status)
+        exposition.recorded(i, table.record(i, Outcome(State.OPEN, 0.001, ""), 1.7e9, status))
     for round_ in range(args.rounds):
         started = time.perf_counter()
-        body = table.render_gzip(b"# head\n")
+        body = exposition.render_gzip(b"# head\n")
         took = time.perf_counter() - started
         print(
             f"gzip scrape {round_} ({'cold' if round_ == 0 else 'every path re-probed'}): "
             f"{took * 1000:.0f} ms, {len(body) / 1e6:.1f} MB"
         )
         for i in range(n):
-            table.record(i, Outcome(State.OPEN, 0.001 + round_ * 1e-4, ""), 1.7e9 + round_ + 1, status)
+            outcome = Outcome(State.OPEN, 0.001 + round_ * 1e-4, "")
+            exposition.recorded(i, table.record(i, outcome, 1.7e9 + round_ + 1, status))
     started = time.perf_counter()
-    plain = table.render().encode()
+    plain = exposition.render().encode()
     print(f"plain: {(time.perf_counter() - started) * 1000:.0f} ms, {len(plain) / 1e6:.0f} MB")
     return 0
 

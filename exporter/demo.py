@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 
 from exporter.inventory.model import DomainController, Inventory, Role, Server, Version
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def demo_inventory() -> Inventory:
 class DemoListeners:
     """TCP listeners for the demo's planned paths, on a thread of their own."""
 
-    def __init__(self, paths: Iterable[Path], break_after: float | None = None) -> None:
+    def __init__(self, paths: Iterable[NetworkPath], break_after: float | None = None) -> None:
         self.endpoints = sorted(
             {(p.address or p.target, p.port) for p in paths if p.proto == "tcp"} - {CLOSED}
         )
@@ -132,3 +132,16 @@ class DemoListeners:
                 self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5.0)
+
+
+class DemoSource:
+    """The demo organisation as an inventory source: read once, never changes."""
+
+    kind = "demo"
+    interval = 0.0
+
+    def changed(self) -> bool:
+        return False
+
+    def read(self) -> Inventory:
+        return demo_inventory()

@@ -5,30 +5,79 @@ from __future__ import annotations
 import argparse
 
 from exporter import __version__
-from exporter.errors import ConfigError
-from exporter.inventory.discover_cli import add_directory_arguments, add_discover_arguments
+from exporter.inventory.ldap_settings import AUTH_METHODS, DEFAULT_TIMEOUT, PASSWORD_ENV
 from exporter.plan.planner import Vantage
 
 DEFAULT_PORT = 10135
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
 
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """`:10135`, `127.0.0.1:10135`, `[::1]:10135` -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"--web.listen-address {value!r} is not host:port", fix="e.g. :10135 or [::1]:10135"
-        )
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `discover` command's flags: the directory flags plus --timeout, --output, --log.level."""
+    add_directory_arguments(parser, timeout_flag="--timeout")
+    parser.add_argument(
+        "--output",
+        choices=["table", "json", "yaml"],
+        default="table",
+        help="yaml: a static inventory file; json: the same structure (default table)",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
 
 
-def _positive(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return number
+def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: str = "--ldap-timeout") -> None:
+    """How to reach Active Directory; shared by `discover` and `serve`."""
+    ldap = parser.add_argument_group(
+        "directory (the password comes from $"
+        + PASSWORD_ENV
+        + " or --bind-password-file, never the command line)"
+    )
+    ldap.add_argument(
+        "--ldap-url",
+        dest="ldap_urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a DC to read, e.g. ldaps://dc1.example.com (repeat for fallbacks, tried in "
+        "order; default: DCs from DNS SRV records)",
+    )
+    ldap.add_argument(
+        "--bind-user",
+        metavar="USER",
+        help="user@example.com or a DN (simple), EXAMPLE\\user (ntlm); kerberos uses the ticket",
+    )
+    ldap.add_argument("--bind-password-file", metavar="FILE", help="file holding the bind password")
+    ldap.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="PEM CA certificate(s) to verify the DCs' TLS with (default: the system trust store)",
+    )
+    ldap.add_argument("--starttls", action="store_true", help="ldap:// on 389, upgraded with StartTLS")
+    ldap.add_argument("--auth", choices=AUTH_METHODS, default="simple", help="bind method (default simple)")
+    ldap.add_argument(
+        "--allow-insecure-bind",
+        action="store_true",
+        help="allow a simple bind over plain ldap:// (labs only: the password is sent in clear)",
+    )
+    ldap.add_argument(
+        "--domain",
+        metavar="NAME",
+        help="AD DNS domain for DNS SRV discovery (default: the resolver's search list)",
+    )
+    ldap.add_argument("--site", metavar="NAME", help="prefer this AD site's DCs in DNS SRV discovery")
+    ldap.add_argument(
+        "--dns-server",
+        metavar="HOST[:PORT]",
+        help="ask this DNS server for the SRV records (default: the host's resolver)",
+    )
+    ldap.add_argument(
+        timeout_flag,
+        dest="ldap_timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds per LDAP or DNS operation (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +120,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="override where this agent stands (default: from --source's inventory entry)",
     )
-    parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds per attempt (default 2)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
     parser.add_argument(
         "--attempts", type=int, default=3, help="silent attempts before a path reads filtered (default 3)"
     )
@@ -153,7 +202,7 @@ def _state_flags(parser: argparse.ArgumentParser, default_state: str | None) -> 
     )
     parser.add_argument(
         "--retention-days",
-        type=_positive,
+        type=float,
         default=30.0,
         help="a blocked path is 'newly blocked' when seen open within this many days (default 30)",
     )
@@ -189,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LISTEN,
         help=f"address to serve on (default {DEFAULT_LISTEN})",
     )
-    serve.add_argument("--interval", type=_positive, default=30.0, help="seconds between probes of a path")
+    serve.add_argument("--interval", type=float, default=30.0, help="seconds between probes of a path")
     add_directory_arguments(serve)
     _mesh_flags(serve)
     serve.add_argument(
@@ -202,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--discovery-interval",
-        type=_positive,
+        type=float,
         default=900.0,
         metavar="SECONDS",
         help="re-read Active Directory this often (default 900); used with --ldap-url or --domain",
@@ -216,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the built-in demo organisation with real loopback listeners")
     _common(demo)
     demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
-    demo.add_argument("--interval", type=_positive, default=15.0)
+    demo.add_argument("--interval", type=float, default=15.0)
     demo.add_argument(
         "--demo-break-after",
-        type=_positive,
+        type=float,
         default=demo_break_default(),
         metavar="SECONDS",
         help="close one open listener after this long, to show a newly blocked path (default 60)",
@@ -229,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub_parser.add_argument(
             "--web.api-rate-limit",
             dest="web_api_rate",
-            type=_positive,
+            type=float,
             default=20.0,
             metavar="PER_SECOND",
             help="API and page requests per second per client (bursts of three times that); /metrics and the "
@@ -243,5 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
     _common(check)
+    add_directory_arguments(check)
     check.add_argument("--output", choices=["table", "json", "csv"], default="table")
     return parser

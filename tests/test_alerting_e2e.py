@@ -16,15 +16,23 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.lab.monitoring import Alertmanager, Notification, Prometheus, Webhook, alertmanager_config
+from tests.lab.monitoring import (
+    RULES,
+    Alertmanager,
+    Notification,
+    Prometheus,
+    Webhook,
+    alertmanager_config,
+    alerts_in,
+)
 from tests.lab.netns import RoutedLab, run
-from tests.lab.service import Service, start_service
-from tests.test_change_detection import EX1_PORTS
+from tests.lab.organisations import EX1_PORTS
+from tests.lab.service import Service, serve_args, start_service
+from tests.lab.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = REPO / "alerts" / "exchange-firewall.rules.yml"
 ARTIFACTS = REPO / "artifacts"
 INTERVAL = 3.0
 EX2 = "10.251.2.3"
@@ -61,21 +69,14 @@ def stack(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[Stack]:
     am_port, prom_port = free_port(), free_port()
     am = Alertmanager(tmp_path, am_port, alertmanager_config(hook, group_wait="1s", group_interval="2s"))
     svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "ex0.lab.test",
-            "--interval",
-            str(INTERVAL),
-            "--timeout",
-            "0.3",
-            "--confirm-delay",
-            "0.3",
-            "--state-file",
-            str(tmp_path / "state.sqlite"),
-        ]
+        serve_args(
+            file,
+            source="ex0.lab.test",
+            interval=INTERVAL,
+            timeout=0.3,
+            confirm_delay=0.3,
+            state_file=tmp_path / "state.sqlite",
+        )
     )
     exporter = svc.base.removeprefix("http://")
     prom = Prometheus(tmp_path, prom_port, exporter, f"127.0.0.1:{am_port}", [RULES])
@@ -95,20 +96,15 @@ def stack(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[Stack]:
         run("ip", "-n", lab.dst, "addr", "del", f"{EX2}/24", "dev", "eth0", check=False)
 
 
-def alerts_in(note: Notification, name: str, status: str) -> list[dict[str, Any]]:
-    return [
-        a for a in note.body.get("alerts", []) if a["labels"]["alertname"] == name and a["status"] == status
-    ]
-
-
 def wait_prom(prom: Prometheus, expr: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = prom.query(expr)["data"]["result"]
-        if result:
-            return list(result)
-        time.sleep(0.5)
-    raise AssertionError(f"{expr} returned nothing in {timeout}s")
+    """The query's result once it has one."""
+    result: list[dict[str, Any]] = wait_until(
+        lambda: prom.query(expr)["data"]["result"],
+        timeout,
+        0.5,
+        message=f"{expr} returned nothing in {timeout}s",
+    )
+    return list(result)
 
 
 def promql_expressions() -> list[tuple[str, str]]:

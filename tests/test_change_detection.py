@@ -6,36 +6,20 @@ Real service process, real listeners in a target namespace, a real nftables rule
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.lab.metrics import metric_families, value
 from tests.lab.netns import RoutedLab
-from tests.lab.service import Service, start_service
+from tests.lab.organisations import EX1_PORTS, routed_lab_org
+from tests.lab.service import Service, serve_args, start_service
+from tests.lab.waiting import wait_until
 
 pytestmark = pytest.mark.netns
-
-EX1_PORTS = (25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337)
-
-
-def inventory(lab: RoutedLab) -> dict[str, Any]:
-    return {
-        "organisation": "Lab",
-        "servers": [
-            {
-                "name": "EX1",
-                "fqdn": "ex1.lab.test",
-                "address": lab.dst4,
-                "roles": ["mailbox"],
-                "version": "2019",
-                "site": "Branch",
-            },
-        ],
-    }
 
 
 @pytest.fixture
@@ -43,23 +27,16 @@ def lab_service(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[tuple[RoutedL
     routed_lab.flush()
     routed_lab.listen(*EX1_PORTS)
     file = tmp_path / "inv.yaml"
-    file.write_text(yaml.safe_dump(inventory(routed_lab)))
+    file.write_text(yaml.safe_dump(routed_lab_org(routed_lab)))
     svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "monitor.test",
-            "--interval",
-            "4",
-            "--timeout",
-            "0.3",
-            "--confirm-delay",
-            "0.3",
-            "--state-file",
-            str(tmp_path / "state.sqlite"),
-        ]
+        serve_args(
+            file,
+            source="monitor.test",
+            interval=4,
+            timeout=0.3,
+            confirm_delay=0.3,
+            state_file=tmp_path / "state.sqlite",
+        )
     )
     yield routed_lab, svc
     svc.proc.terminate()
@@ -69,22 +46,6 @@ def lab_service(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[tuple[RoutedL
         listener.kill()
         listener.wait(5)
     del routed_lab.listeners[1:]
-
-
-def metric(svc: Service, name: str, port: int) -> float | None:
-    for family in text_string_to_metric_families(svc.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels.get("port") == str(port):
-                return float(sample.value)
-    return None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def path_row(svc: Service, port: int) -> dict[str, Any]:
@@ -97,11 +58,13 @@ def test_a_path_that_worked_and_is_then_dropped_is_newly_blocked_then_recovers(
 ) -> None:
     lab, svc = lab_service
     wait_until(lambda: path_row(svc, 2525)["status"] == "open")
-    assert metric(svc, "exchange_path_newly_blocked", 2525) == 0.0
+    assert value(svc, "exchange_path_newly_blocked", port="2525") == 0.0
     assert svc.get("/api/v1/verdict").json()[-1]["compliant"] is True
 
     lab.block("tcp dport 2525 drop")
-    took = wait_until(lambda: metric(svc, "exchange_path_newly_blocked", 2525) == 1.0)
+    blocked_at = time.monotonic()
+    wait_until(lambda: value(svc, "exchange_path_newly_blocked", port="2525") == 1.0)
+    took = time.monotonic() - blocked_at
     row = path_row(svc, 2525)
     assert (row["state"], row["status"], row["classification"], row["blocked"]) == (
         "filtered",
@@ -127,14 +90,14 @@ def test_a_path_that_worked_and_is_then_dropped_is_newly_blocked_then_recovers(
 
     lab.flush()
     wait_until(lambda: path_row(svc, 2525)["classification"] == "recovered")
-    assert metric(svc, "exchange_path_newly_blocked", 2525) == 0.0
-    assert metric(svc, "exchange_path_blocked", 2525) == 0.0
+    assert value(svc, "exchange_path_newly_blocked", port="2525") == 0.0
+    assert value(svc, "exchange_path_blocked", port="2525") == 0.0
     changes = svc.get("/api/v1/changes").json()
     assert [(c["from_status"], c["to_status"]) for c in changes[:2]] == [
         ("blocked", "open"),
         ("open", "blocked"),
     ]
-    families = {f.name: f for f in text_string_to_metric_families(svc.get("/metrics").text)}
+    families = metric_families(svc.get("/metrics").text)
     counted = {
         (s.labels["from"], s.labels["to"]): s.value
         for s in families["exchange_path_changes"].samples
@@ -152,30 +115,23 @@ def test_a_path_that_never_answered_is_never_open_not_newly_blocked(
     # The running service saw 64337 open, so for it the reject is a new block. A fresh service with an
     # empty baseline, started while the rule is in place, has never seen it open: a misconfiguration.
     file = tmp_path / "inv2.yaml"
-    file.write_text(yaml.safe_dump(inventory(lab)))
+    file.write_text(yaml.safe_dump(routed_lab_org(lab)))
     fresh = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "monitor.test",
-            "--interval",
-            "4",
-            "--timeout",
-            "0.3",
-            "--confirm-delay",
-            "0.3",
-            "--state-file",
-            str(tmp_path / "fresh.sqlite"),
-        ]
+        serve_args(
+            file,
+            source="monitor.test",
+            interval=4,
+            timeout=0.3,
+            confirm_delay=0.3,
+            state_file=tmp_path / "fresh.sqlite",
+        )
     )
     try:
         wait_until(lambda: path_row(fresh, 64337)["status"] == "blocked")
         row = path_row(fresh, 64337)
         assert (row["state"], row["classification"], row["newly_blocked"]) == ("refused", "never_open", False)
-        assert metric(fresh, "exchange_path_newly_blocked", 64337) == 0.0
-        assert metric(fresh, "exchange_path_blocked", 64337) == 1.0
+        assert value(fresh, "exchange_path_newly_blocked", port="64337") == 0.0
+        assert value(fresh, "exchange_path_blocked", port="64337") == 1.0
         wait_until(lambda: path_row(svc, 64337)["classification"] == "newly_blocked")
     finally:
         fresh.proc.terminate()

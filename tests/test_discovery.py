@@ -20,29 +20,26 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.commands.discover import run_discover
 from exporter.errors import ConfigError
-from exporter.inventory.discover_cli import add_discover_arguments, run_discover
+from exporter.flags import add_discover_arguments
 from exporter.inventory.dns_srv import LocatedDc, locate_dcs, parse_nameserver
+from exporter.inventory.exchange_attributes import decode_roles, version_from_number, version_from_serial
 from exporter.inventory.ldap import (
     SERVER_FILTER,
     DiscoveryResult,
     EndpointFailure,
     LdapDiscoveryError,
-    LdapSettings,
     Reason,
-    Secret,
-    decode_roles,
     discover,
-    read_password,
-    version_from_number,
-    version_from_serial,
 )
+from exporter.inventory.ldap_settings import LdapSettings, Secret, read_password
 from exporter.inventory.model import DomainController, Inventory, Product, Role, Server, Version
-from exporter.inventory.refresh import InventoryRefresher
+from exporter.inventory.sources import DirectorySource, InventoryWatcher
 from exporter.inventory.static import load_inventory
 from tests.lab import samba
 from tests.lab.samba import LAB_IP, RELAXED_IP, SambaDC, SambaLab
-from tests.lab.service import start_service
+from tests.lab.service import serve_args, start_service
 
 # ---- the lab, once per session -------------------------------------------------------------------
 
@@ -384,16 +381,16 @@ def test_unreachable_dc_keeps_the_last_inventory_and_goes_stale(
     samba_lab: SambaLab, closed_port: int
 ) -> None:
     clock = FakeClock(1_000_000.0)
-    settings = [lab_settings(samba_lab)]
-    refresher = InventoryRefresher(lambda: discover(settings[0]), interval=900, clock=clock)
+    source = DirectorySource(lab_settings(samba_lab), interval=900)
+    refresher = InventoryWatcher(source, clock=clock)
     assert refresher.stale() is True  # nothing discovered yet
-    assert refresher.refresh_once() is True
+    assert refresher.read_once() is True
     good = refresher.inventory
     assert isinstance(good, Inventory) and good.servers == EXPECTED_SERVERS
 
-    settings[0] = lab_settings(samba_lab, urls=(f"ldaps://{LAB_IP}:{closed_port}",))
+    source.settings = lab_settings(samba_lab, urls=(f"ldaps://{LAB_IP}:{closed_port}",))
     clock.now += 900
-    assert refresher.refresh_once() is False
+    assert refresher.read_once() is False
     assert refresher.inventory is good  # a failed refresh removes no target
     assert refresher.last_success_timestamp == 1_000_000.0
     assert refresher.errors_total == {
@@ -413,18 +410,21 @@ def test_unreachable_dc_keeps_the_last_inventory_and_goes_stale(
     assert refresher.stale(1_000_000.0 + 3 * 900) is False
     assert refresher.stale(1_000_000.0 + 3 * 900 + 1) is True
 
-    settings[0] = lab_settings(samba_lab)
-    assert refresher.refresh_once() is True
+    source.settings = lab_settings(samba_lab)
+    assert refresher.read_once() is True
     assert refresher.stale() is False
     assert refresher.errors_total["connect"] == 1
 
 
 def test_a_bug_in_discovery_is_counted_and_keeps_the_inventory() -> None:
-    def broken() -> DiscoveryResult:
-        raise KeyError("surprise")
+    class Broken(DirectorySource):
+        def read(self) -> Inventory:
+            raise KeyError("surprise")
 
-    refresher = InventoryRefresher(broken, interval=60, clock=FakeClock(5.0))
-    assert refresher.refresh_once() is False
+    refresher = InventoryWatcher(
+        Broken(LdapSettings(urls=("ldaps://dc.invalid",)), interval=60), clock=FakeClock(5.0)
+    )
+    assert refresher.read_once() is False
     assert refresher.inventory is None
     assert refresher.errors_total["internal"] == 1
     assert refresher.last_failure is not None and refresher.last_failure.message == "KeyError: 'surprise'"
@@ -685,9 +685,16 @@ def test_service_runs_from_ldap_discovery_instead_of_an_inventory_file(
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {LAB_IP}\noptions timeout:1 attempts:1\n")
     unshare = ["unshare", "--mount", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh"]
-    args = ["serve", "--ldap-url", f"ldaps://{LAB_IP}", "--bind-user", samba.ADMIN_UPN]
-    args += ["--ca-file", str(samba_lab.certificates.ca), "--source", "monitor.lab.example.test"]
-    args += ["--interval", "5", "--timeout", "0.3", "--state-file", ""]
+    args = serve_args(
+        None,
+        ldap_url=f"ldaps://{LAB_IP}",
+        bind_user=samba.ADMIN_UPN,
+        ca_file=samba_lab.certificates.ca,
+        source="monitor.lab.example.test",
+        interval=5,
+        timeout=0.3,
+        state_file="",
+    )
     svc = start_service(args, env={"EXFW_BIND_PASSWORD": samba.ADMIN_PASSWORD}, wrapper=unshare, timeout=40)
     base = svc.base
     try:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from exporter.engine.scheduler import Engine, Target
+from exporter.engine.scheduler import Engine
+from exporter.probes.contract import Target
 from exporter.probes.outcome import Outcome, State
 from tests.conftest import Listeners, free_port
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "exporter"]
+from tests.lab.check_command import run_check
+from tests.lab.organisations import loopback_org
 
 
 class Collect:
@@ -81,65 +74,6 @@ def test_probes_are_spread_over_the_interval_not_fired_in_a_burst() -> None:
         buckets[min(11, int((when - start) / interval * 10))] += 1
     # an even spread puts ~12 per tenth; a burst would put most of them in one
     assert max(buckets) <= n // 4, buckets
-
-
-def run_check(
-    inventory: dict[str, Any],
-    tmp_path: Path,
-    *extra: str,
-    preexec: Callable[[], None] | None = None,
-    wrapper: list[str] | None = None,
-    columns: int | None = None,
-) -> subprocess.CompletedProcess[str]:
-    file = tmp_path / "inventory.yaml"
-    file.write_text(yaml.safe_dump(inventory))
-    cmd = [
-        *(wrapper or []),
-        *CLI,
-        "check",
-        "--inventory",
-        str(file),
-        "--source",
-        "observer.test",
-        "--output",
-        "json",
-        *extra,
-    ]
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        preexec_fn=preexec,
-        env={**os.environ, "PYTHONPATH": str(REPO), **({"COLUMNS": str(columns)} if columns else {})},
-    )
-
-
-def loopback_org(address: str, servers: int = 3) -> dict[str, Any]:
-    return {
-        "organisation": "Loopback",
-        "servers": [
-            {
-                "name": f"EX{i}",
-                "fqdn": f"ex{i}.loop.test",
-                "address": f"{address}{i}",
-                "roles": ["mailbox"],
-                "version": "2019",
-                "site": "S",
-            }
-            for i in range(1, servers + 1)
-        ],
-        "domain_controllers": [
-            {
-                "name": "DC1",
-                "fqdn": "dc1.loop.test",
-                "address": f"{address}9",
-                "site": "S",
-                "global_catalog": True,
-            }
-        ],
-    }
 
 
 def test_out_of_file_descriptors_is_a_local_error_never_filtered(tmp_path: Path) -> None:

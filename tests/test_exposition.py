@@ -8,17 +8,18 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.outputs import gzipcat, pathtable
-from exporter.outputs.pathtable import PathTable
+from exporter.outputs import exposition, gzipcat
+from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.baseline import Classification, PathStatus, Status
+from exporter.state.results import ResultTable
+from exporter.state.status import Classification, PathStatus, Status
 
 
-def paths(n: int) -> list[Path]:
+def paths(n: int) -> list[NetworkPath]:
     return [
-        Path(
+        NetworkPath(
             "src",
             "s",
             f"t{i}.test",
@@ -53,11 +54,15 @@ updates = st.lists(
 def test_gzip_and_plain_renderings_agree_after_any_updates(
     scrapes: list[list[tuple[int, State, float, bool]]],
 ) -> None:
-    original = pathtable.BLOCK
-    pathtable.BLOCK = 64  # many blocks, so reuse and recompression both happen
+    original = exposition.BLOCK
+    exposition.BLOCK = 64  # many blocks, so reuse and recompression both happen
     try:
-        table = PathTable(paths(300))
-        table.seed(5, PathStatus("k", Status.BLOCKED, Classification.NEWLY_BLOCKED, state_since=1.0))
+        table = ResultTable(paths(300))
+        lines = PathExposition()
+        lines.attach(table)
+        seed = PathStatus("k", Status.BLOCKED, Classification.NEWLY_BLOCKED, state_since=1.0)
+        assert table.seed(5, seed)
+        lines.seeded(5, seed)
         for round_, batch in enumerate(scrapes):
             for index, state, rtt, blocked in batch:
                 status = PathStatus(
@@ -67,15 +72,17 @@ def test_gzip_and_plain_renderings_agree_after_any_updates(
                     state_since=float(round_),
                     last_open=2.0,
                 )
-                details = (("protocol", "ok"),) if state is State.OPEN else ()
-                table.record(index, Outcome(state, rtt, "e", 1, details, 1e9 + index), 1e9 + round_, status)
+                spoke = state is State.OPEN
+                details = (("protocol", "ok"),) if spoke else ()
+                outcome = Outcome(state, rtt, "e", 1, details, 1e9 + index, spoke)
+                lines.recorded(index, table.record(index, outcome, 1e9 + round_, status))
             head = b"# head\n"
-            expected = head + table.render().encode()
-            body = table.render_gzip(head)
+            expected = head + lines.render().encode()
+            body = lines.render_gzip(head)
             assert gzip.decompress(body) == expected
             assert decompress_like_httpx(body) == expected
     finally:
-        pathtable.BLOCK = original
+        exposition.BLOCK = original
 
 
 def test_crc_combination_matches_zlib() -> None:

@@ -10,46 +10,23 @@ import glob
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Listeners
 from tests.lab import samba
 from tests.lab.hostile import SilentPeers
+from tests.lab.metrics import samples, value
 from tests.lab.netns import RoutedLab
+from tests.lab.organisations import EX1_PORTS, loopback_org, routed_lab_org
 from tests.lab.samba import LAB_IP, SambaLab
-from tests.lab.service import Service, start_service
-from tests.test_change_detection import EX1_PORTS, inventory
-from tests.test_engine import loopback_org
+from tests.lab.service import Service, serve_args, start_service
+from tests.lab.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def samples(svc: Service, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for family in text_string_to_metric_families(svc.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name:
-                out[tuple(sorted(sample.labels.items()))] = float(sample.value)
-    return out
-
-
-def value(svc: Service, name: str, **labels: str) -> float | None:
-    for key, number in samples(svc, name).items():
-        if all(dict(key).get(k) == v for k, v in labels.items()):
-            return number
-    return None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 40.0, step: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(step)
 
 
 def spawn(args: list[str], *, env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> Service:
@@ -69,7 +46,7 @@ def lab_file(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[tuple[RoutedLab,
     routed_lab.flush()
     routed_lab.listen(*EX1_PORTS)
     file = tmp_path / "inv.yaml"
-    file.write_text(yaml.safe_dump(inventory(routed_lab)))
+    file.write_text(yaml.safe_dump(routed_lab_org(routed_lab)))
     yield routed_lab, file
     routed_lab.flush()
     for listener in routed_lab.listeners[1:]:
@@ -84,21 +61,9 @@ def test_sigkill_loses_no_baseline_and_a_block_pages_only_once(
 ) -> None:
     lab, file = lab_file
     state = tmp_path / "state.sqlite"
-    args = [
-        "serve",
-        "--inventory",
-        str(file),
-        "--source",
-        "monitor.test",
-        "--interval",
-        "3",
-        "--timeout",
-        "0.3",
-        "--confirm-delay",
-        "0.3",
-        "--state-file",
-        str(state),
-    ]
+    args = serve_args(
+        file, source="monitor.test", interval=3, timeout=0.3, confirm_delay=0.3, state_file=state
+    )
     first = spawn(args)
     try:
         wait_until(lambda: value(first, "exchange_path_blocked", port="2525") == 0.0)
@@ -154,21 +119,9 @@ def test_wall_clock_jumps_cause_no_transitions_and_no_pages(tmp_path: Path, list
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock jumps, as with a bad NTP step
     }
     svc = spawn(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "o",
-            "--interval",
-            "1",
-            "--timeout",
-            "0.3",
-            "--confirm-delay",
-            "0.3",
-            "--state-file",
-            str(tmp_path / "state.sqlite"),
-        ],
+        serve_args(
+            file, source="o", interval=1, timeout=0.3, confirm_delay=0.3, state_file=tmp_path / "state.sqlite"
+        ),
         env=env,
     )
     try:
@@ -202,21 +155,14 @@ def test_fd_exhaustion_at_run_time_is_local_error_and_never_blocks(
     file = tmp_path / "inv.yaml"
     file.write_text(yaml.safe_dump(org))
     svc = spawn(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "o",
-            "--interval",
-            "1",
-            "--timeout",
-            "0.3",
-            "--max-concurrency",
-            "500",
-            "--state-file",
-            str(tmp_path / "state.sqlite"),
-        ]
+        serve_args(
+            file,
+            source="o",
+            interval=1,
+            timeout=0.3,
+            max_concurrency=500,
+            state_file=tmp_path / "state.sqlite",
+        )
     )
     try:
         wait_until(lambda: svc.get("/-/ready").status_code == 200)
@@ -252,25 +198,16 @@ def test_ten_times_the_inventory_at_run_time_raises_the_lag_and_nothing_is_misre
     hosts = [f"127.0.45.{i}" for i in range(1, 11)]
     with SilentPeers(hosts, EX1_PORTS):
         svc = spawn(
-            [
-                "serve",
-                "--inventory",
-                str(file),
-                "--source",
-                "o",
-                "--interval",
-                "5",
-                "--timeout",
-                "0.2",
-                "--attempts",
-                "1",
-                "--max-concurrency",
-                "3",
-                "--inventory-reload-interval",
-                "0.5",
-                "--state-file",
-                "",
-            ]
+            serve_args(
+                file,
+                source="o",
+                interval=5,
+                timeout=0.2,
+                attempts=1,
+                max_concurrency=3,
+                inventory_reload_interval=0.5,
+                state_file="",
+            )
         )
         try:
             wait_until(lambda: svc.get("/-/ready").status_code == 200)
@@ -292,7 +229,7 @@ def test_ten_times_the_inventory_at_run_time_raises_the_lag_and_nothing_is_misre
                 saturated.append(value(svc, "exchange_probes_in_flight") or 0)
                 return (value(svc, "exchange_probe_lag_seconds") or 0) > 10.0
 
-            wait_until(lagging, timeout=60, step=0.5)  # rises past two intervals, and the metric says so
+            wait_until(lagging, timeout=60, interval=0.5)  # rises past two intervals, and the metric says so
             assert max(saturated) == 3.0  # every slot busy: the cap, not the network, is the limit
             rows = svc.get("/api/v1/paths").json()
             probed = [r for r in rows if r["state"] is not None]
@@ -303,7 +240,9 @@ def test_ten_times_the_inventory_at_run_time_raises_the_lag_and_nothing_is_misre
 
             file.write_text(yaml.safe_dump(org_of(1)))  # back to one server: the lag drains
             wait_until(lambda: len(svc.get("/api/v1/paths").json()) == len(EX1_PORTS))
-            wait_until(lambda: (value(svc, "exchange_probe_lag_seconds") or 0) < 2.0, timeout=60, step=0.5)
+            wait_until(
+                lambda: (value(svc, "exchange_probe_lag_seconds") or 0) < 2.0, timeout=60, interval=0.5
+            )
 
             file.write_text("organisation: [broken\n")  # an editing mistake keeps the running plan
             wait_until(lambda: value(svc, "exchange_inventory_reloads_total", result="error") == 1.0)
@@ -321,27 +260,18 @@ def test_directory_outage_keeps_the_inventory_and_flags_it_stale(samba_lab: Samb
     resolv.write_text(f"nameserver {LAB_IP}\noptions timeout:1 attempts:1\n")
     wrapper = ["unshare", "--mount", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh"]
     svc = spawn(
-        [
-            "serve",
-            "--ldap-url",
-            f"ldaps://{LAB_IP}",
-            "--bind-user",
-            samba.ADMIN_UPN,
-            "--ca-file",
-            str(samba_lab.certificates.ca),
-            "--source",
-            "monitor.lab.example.test",
-            "--interval",
-            "2",
-            "--timeout",
-            "0.3",
-            "--discovery-interval",
-            "1",
-            "--ldap-timeout",
-            "2",
-            "--state-file",
-            "",
-        ],
+        serve_args(
+            None,
+            ldap_url=f"ldaps://{LAB_IP}",
+            bind_user=samba.ADMIN_UPN,
+            ca_file=samba_lab.certificates.ca,
+            source="monitor.lab.example.test",
+            interval=2,
+            timeout=0.3,
+            discovery_interval=1,
+            ldap_timeout=2,
+            state_file="",
+        ),
         env={"EXFW_BIND_PASSWORD": samba.ADMIN_PASSWORD},
         wrapper=wrapper,
     )
@@ -375,19 +305,7 @@ def test_unwritable_baseline_is_a_metric_and_probing_goes_on(tmp_path: Path, lis
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be\n")
     svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "o",
-            "--interval",
-            "1",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            str(blocker / "state.sqlite"),
-        ]
+        serve_args(file, source="o", interval=1, timeout=0.3, state_file=blocker / "state.sqlite")
     )
     try:
         assert value(svc, "exchange_state_store_healthy") == 0.0

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from exporter.engine.scheduler import Engine, Target
+from exporter.engine.scheduler import Engine
+from exporter.probes.contract import Target
 from exporter.probes.outcome import Outcome, State
 from exporter.probes.tcp import probe_tcp
 from tests.lab.netns import RoutedLab

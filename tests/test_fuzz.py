@@ -19,15 +19,16 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.errors import ConfigError
-from exporter.inventory.ldap import decode_roles, version_from_number, version_from_serial
+from exporter.inventory.exchange_attributes import decode_roles, version_from_number, version_from_serial
 from exporter.inventory.model import Role, Version
 from exporter.inventory.static import load_inventory, parse_inventory
 from exporter.logsetup import FORMAT, OneLineFormatter
 from exporter.outputs import matrix
-from exporter.outputs.pathtable import PathTable
+from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
-from exporter.plan.planner import Path as PlanPath
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
+from exporter.state.results import ResultTable
 from exporter.text import UNSAFE_CODES
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
@@ -126,10 +127,13 @@ hostile = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40
 @FUZZ
 @given(hostile, hostile, hostile)
 def test_any_name_survives_the_exposition_format(target: str, site: str, evidence: str) -> None:
-    path = PlanPath("src", "s", target, site, "mailbox", 25, "tcp", "smtp", PathKind.EXCHANGE_EXCHANGE, "tcp")
-    table = PathTable([path])
-    table.record(0, Outcome(State.REFUSED, 0.01, evidence), 1_700_000_000.0)
-    families = {f.name: f for f in text_string_to_metric_families(table.render())}
+    kind = PathKind.EXCHANGE_EXCHANGE
+    path = NetworkPath("src", "s", target, site, "mailbox", 25, "tcp", "smtp", kind, "tcp")
+    table = ResultTable([path])
+    lines = PathExposition()
+    lines.attach(table)
+    lines.recorded(0, table.record(0, Outcome(State.REFUSED, 0.01, evidence), 1_700_000_000.0))
+    families = {f.name: f for f in text_string_to_metric_families(lines.render())}
     sample = families["exchange_path_up"].samples[0]
     assert sample.labels["target"] == target and sample.labels["target_site"] == site
     assert sample.value == 0.0
@@ -241,7 +245,7 @@ def test_yaml_bombs_are_refused_without_expanding(tmp_path: Path) -> None:
 
 
 def _quiet(call: object) -> None:
-    from exporter.probes.stream import ProtocolError
+    from exporter.probes.conversation import ProtocolError
 
     try:
         assert callable(call)
@@ -266,7 +270,7 @@ def test_netlogon_blobs_parse_or_are_refused(blob: bytes) -> None:
 @given(st.binary(max_size=600), st.integers(1, 2**31 - 1))
 def test_cldap_replies_never_crash(data: bytes, message_id: int) -> None:
     from exporter.probes import cldap
-    from exporter.probes.stream import Conversation
+    from exporter.probes.conversation import Conversation
 
     _quiet(lambda: cldap._answer(Conversation("CLDAP"), data, message_id, "example.test"))
 
@@ -275,7 +279,7 @@ def test_cldap_replies_never_crash(data: bytes, message_id: int) -> None:
 @given(st.one_of(st.binary(max_size=600), st.binary(max_size=200).map(lambda b: b"\x7e" + b)))
 def test_kerberos_replies_never_crash(data: bytes) -> None:
     from exporter.probes import kerberos
-    from exporter.probes.stream import Conversation
+    from exporter.probes.conversation import Conversation
 
     _quiet(lambda: kerberos._answer(Conversation("Kerberos"), data, 1_700_000_000.0))
 
@@ -284,7 +288,7 @@ def test_kerberos_replies_never_crash(data: bytes) -> None:
 @given(st.binary(max_size=600))
 def test_dns_answers_never_crash(wire: bytes) -> None:
     from exporter.probes import dns as dns_probe
-    from exporter.probes.stream import Conversation
+    from exporter.probes.conversation import Conversation
 
     query = dns_probe._query("example.test")
     _quiet(lambda: dns_probe._answer(Conversation("DNS"), query, wire, "example.test"))
@@ -294,7 +298,7 @@ def test_dns_answers_never_crash(wire: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_ntp_replies_never_crash(data: bytes) -> None:
     from exporter.probes import ntp
-    from exporter.probes.stream import Conversation
+    from exporter.probes.conversation import Conversation
 
     _quiet(lambda: ntp._answer(Conversation("NTP"), data, ntp.to_ntp(1_700_000_000.0), 1_700_000_000.0))
 
@@ -303,7 +307,7 @@ def test_ntp_replies_never_crash(data: bytes) -> None:
 @given(st.binary(max_size=400))
 def test_smb_replies_never_crash(message: bytes) -> None:
     from exporter.probes import smb
-    from exporter.probes.stream import Conversation
+    from exporter.probes.conversation import Conversation
 
     _quiet(lambda: smb._answer(Conversation("SMB"), message, 0.0, 0.001))
 

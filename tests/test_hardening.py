@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from tests.conftest import Listeners, free_port
+from tests.lab.check_command import run_check
+from tests.lab.metrics import samples
 from tests.lab.monitoring import Alertmanager, Webhook, alertmanager_config
-from tests.lab.service import Service, start_service
-from tests.test_engine import loopback_org, run_check
+from tests.lab.organisations import loopback_org
+from tests.lab.service import Service, serve_args, start_service
 
 EXPECTED_ROUTES = {
     "/metrics",
@@ -40,8 +42,7 @@ def loopback_service(workdir: Path, prefix: str, *extra: str) -> Service:
     """A real service probing a one-server loopback organisation, with this module's usual settings."""
     inventory = workdir / "inv.yaml"
     inventory.write_text(yaml.safe_dump(loopback_org(prefix, servers=1)))
-    args = ["serve", "--inventory", str(inventory), "--source", "o", "--interval", "5", "--timeout", "0.3"]
-    return start_service([*args, "--state-file", "", *extra])
+    return start_service(serve_args(inventory, *extra, source="o", interval=5, timeout=0.3, state_file=""))
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def probes_total(svc: Service) -> float:
-    text = svc.get("/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("exchange_probes_total{")
-    )
+    return sum(samples(svc, "exchange_probes_total").values())
 
 
 def test_no_endpoint_probes_an_address_a_caller_names(service: Service, listeners: Listeners) -> None:

@@ -12,39 +12,7 @@ import yaml
 from exporter.errors import ConfigError
 from exporter.inventory.model import Product, Role, Version
 from exporter.inventory.static import inventory_to_dict, load_inventory, parse_inventory
-
-GOOD = """
-organisation: Contoso
-servers:
-  - name: EX01
-    fqdn: ex01.contoso.test
-    address: 127.0.20.1
-    roles: [mailbox]
-    version: "15.2.1544.4"
-    site: HQ
-    dag: DAG1
-    dag_replication_port: 64400
-  - name: EX10
-    fqdn: ex10.contoso.test
-    roles: [clientaccess, hubtransport]
-    version: "2010"
-    site: Branch
-    static_rpc_ports: {rpc_client_access: 59531, address_book: 59532}
-  - name: EDGE1
-    fqdn: edge1.dmz.test
-    roles: [edge]
-    version: SE
-    site: HQ
-domain_controllers:
-  - name: DC1
-    fqdn: dc1.contoso.test
-    site: HQ
-    global_catalog: true
-  - name: RODC1
-    fqdn: rodc1.contoso.test
-    site: Branch
-    read_only: true
-"""
+from tests.lab.organisations import GOOD
 
 
 def write(tmp_path: Path, text: str) -> Path:

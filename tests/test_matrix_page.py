@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.outputs import matrix
-from tests.lab.service import Service, start_service
+from tests.lab.browser import browse, tags_of
+from tests.lab.metrics import promtool_check_metrics
+from tests.lab.organisations import loopback_org
+from tests.lab.service import Service, serve_args, start_service
+from tests.lab.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError("chromium is missing: `make test` installs Debian's chromium package")
-
-
-def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
-    """The DOM after the page's scripts ran (or a screenshot), from a fresh headless Chromium."""
-    args = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--window-size=1400,700",
-        "--virtual-time-budget=3000",
-    ]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=90)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 class Elements(HTMLParser):
@@ -85,12 +58,7 @@ def demo() -> Iterator[Service]:
         rows = svc.get("/api/v1/paths", params={"target": "exse.demo.example"}).json()
         return any(r["port"] == 2525 and r["status"] == "blocked" for r in rows)
 
-    import time
-
-    deadline = time.monotonic() + 30
-    while not blocked():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(blocked, timeout=30)
     yield svc
     svc.proc.terminate()
     svc.proc.wait(10)
@@ -158,23 +126,9 @@ def test_hostile_names_are_escaped_in_the_page() -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
-class Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-
 def test_hostile_names_from_the_directory_render_inert_in_chromium_and_metrics(tmp_path: Path) -> None:
     """Site and organisation names are free text in AD and in the inventory: markup in them must stay text
     in the page the browser builds, and must not break the exposition format."""
-    import yaml
-
-    from tests.test_engine import loopback_org
-    from tests.test_service import promtool
-
     evil = "<img src=x onerror=alert(1)>"
     org = loopback_org("127.0.49.", servers=1)
     org["organisation"] = "<script>alert(2)</script>"
@@ -182,34 +136,16 @@ def test_hostile_names_from_the_directory_render_inert_in_chromium_and_metrics(t
     org["domain_controllers"][0]["site"] = 'q"uote\\back\nslash'
     file = tmp_path / "inv.yaml"
     file.write_text(yaml.safe_dump(org))
-    svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "o",
-            "--interval",
-            "2",
-            "--timeout",
-            "0.3",
-            "--state-file",
-            "",
-        ]
-    )
+    svc = start_service(serve_args(file, source="o", interval=2, timeout=0.3, state_file=""))
     try:
         dom = browse(svc.base + "/matrix", tmp_path)
-        parser = Tags()
-        parser.feed(dom)
-        assert not [t for t, _a in parser.tags if t in ("img", "svg", "iframe")]
-        assert [t for t, _a in parser.tags if t == "script"] == ["script"]  # only the page's own
-        assert not any(k.startswith("on") for _t, attrs in parser.tags for k in attrs)
+        tags = tags_of(dom)
+        assert not [t for t, _a in tags if t in ("img", "svg", "iframe")]
+        assert [t for t, _a in tags if t == "script"] == ["script"]  # only the page's own
+        assert not any(k.startswith("on") for _t, attrs in tags for k in attrs)
         assert "&lt;img src=x onerror=alert(1)&gt;" in dom
         metrics_text = svc.get("/metrics").text
-        lint = subprocess.run(
-            [promtool(), "check", "metrics"], input=metrics_text, capture_output=True, text=True
-        )
-        assert lint.returncode == 0, lint.stdout + lint.stderr
+        promtool_check_metrics(metrics_text)
         assert 'target_site="<img src=x onerror=alert(1)>"' in metrics_text
         # quotes and backslashes escaped; the newline from the directory replaced before it got here
         assert 'target_site="q\\"uote\\\\back\ufffdslash"' in metrics_text

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from exporter.inventory.static import parse_inventory
-from exporter.plan.planner import Path as PlanPath
-from exporter.plan.planner import plan, shard
+from exporter.plan.planner import NetworkPath, plan, shard
 from tests.lab.mesh import AGENTS, MeshLab
-from tests.test_change_detection import EX1_PORTS
-from tests.test_inventory import GOOD
+from tests.lab.organisations import EX1_PORTS, GOOD
+from tests.lab.service import serve_args
+from tests.lab.waiting import answers, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -56,40 +56,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
             lab.spawn(
                 name, ["-m", "tests.lab.listener", *map(str, EX1_PORTS)], workdir / f"{name}-listener.log"
             )
-            lab.spawn(
-                name,
-                [
-                    "-m",
-                    "exporter",
-                    "serve",
-                    "--inventory",
-                    str(file),
-                    "--source",
-                    FQDN[name],
-                    "--web.listen-address",
-                    f"{address}:{API}",
-                    "--interval",
-                    "2",
-                    "--timeout",
-                    "0.3",
-                    "--confirm-delay",
-                    "0.3",
-                    "--state-file",
-                    "",
-                    "--mesh",
-                ],
-                workdir / f"{name}.log",
+            args = serve_args(
+                file,
+                "--web.listen-address",
+                f"{address}:{API}",
+                source=FQDN[name],
+                interval=2,
+                timeout=0.3,
+                confirm_delay=0.3,
+                mesh=True,
             )
-        deadline = time.monotonic() + 40
-        for address in AGENTS.values():
-            while True:
-                try:
-                    if httpx.get(f"http://{address}:{API}/-/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, (workdir / "a.log").read_text()
-                time.sleep(0.3)
+            lab.spawn(name, ["-m", "exporter", *args], workdir / f"{name}.log")
+        wait_until(
+            lambda: all(answers(f"http://{address}:{API}/-/ready") for address in AGENTS.values()),
+            timeout=40,
+            interval=0.3,
+            message=lambda: (workdir / "a.log").read_text(),
+        )
         yield lab
     finally:
         lab.down()
@@ -146,7 +129,7 @@ def test_a_peer_that_does_not_answer_is_marked_never_shown_open(mesh: MeshLab) -
 
 
 def test_shards_split_the_paths_and_a_new_prober_moves_only_its_share() -> None:
-    paths: list[PlanPath] = plan(parse_inventory(yaml.safe_load(GOOD)), "central")
+    paths: list[NetworkPath] = plan(parse_inventory(yaml.safe_load(GOOD)), "central")
     three = [shard(paths, i, 3) for i in (1, 2, 3)]
     assert sum(len(s) for s in three) == len(paths)
     assert set().union(*({p.key for p in s} for s in three)) == {p.key for p in paths}

@@ -8,15 +8,15 @@ import yaml
 
 from exporter.inventory.static import parse_inventory
 from exporter.plan.catalogue import CATALOGUE, CHECKS, PathKind
-from exporter.plan.planner import Path, Vantage, plan
+from exporter.plan.planner import NetworkPath, Vantage, plan
 from exporter.probes import registry
-from tests.test_inventory import GOOD
+from tests.lab.organisations import GOOD
 
 INV = parse_inventory(yaml.safe_load(GOOD))
 TCP = frozenset({"tcp"})
 
 
-def ports(paths: list[Path], target: str) -> set[tuple[int, str]]:
+def ports(paths: list[NetworkPath], target: str) -> set[tuple[int, str]]:
     return {(p.port, p.proto) for p in paths if p.target == target}
 
 

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
 from exporter.probes import cldap, kerberos, rpc, tcp
+from exporter.probes.contract import Resolved, Target
 from exporter.probes.outcome import State
 from tests.lab.netns import RoutedLab
 from tests.lab.samba_probe_dc import DC_FQDN, ProbeDC

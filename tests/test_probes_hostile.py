@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import cldap, dns, http, kerberos, ldap, ntp, rpc, smb, smtp
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import deadline
 from exporter.probes.outcome import Outcome, State
-from exporter.probes.stream import deadline
 from tests.lab import hostile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,8 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
 from exporter.probes import http
+from exporter.probes.contract import Resolved, Target
 from exporter.probes.outcome import Outcome, State
 from exporter.probes.registry import CHECKS
 from tests.conftest import free_port

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
 from exporter.probes import ntp
+from exporter.probes.contract import Resolved, Target
 from exporter.probes.outcome import Outcome, State
 from tests.lab import hostile
 

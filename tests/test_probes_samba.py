@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Engine, Target
+from exporter.engine.scheduler import Engine
 from exporter.probes import cldap, dns, kerberos, ldap, registry, rpc, smb
+from exporter.probes.contract import Resolved, Target
 from exporter.probes.outcome import Outcome, State
 from tests.lab.samba import loopback_alias
 from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, DOMAIN, REALM, ProbeDC

@@ -11,9 +11,8 @@ import pytest
 import uvloop
 from aiosmtpd.controller import Controller
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import smtp
+from exporter.probes.contract import Check, Resolved, Target
 from exporter.probes.outcome import Outcome, State
 from tests.conftest import free_port
 from tests.lab import hostile

@@ -12,7 +12,8 @@ import trustme
 from pyasn1.codec.der import decoder  # type: ignore[import-untyped]
 
 from exporter.probes import cldap, kerberos, rpc, smb
-from exporter.probes.stream import CertificateFacts, certificate_facts, clean, first_bytes, parent_zone
+from exporter.probes.conversation import clean, first_bytes, parent_zone
+from exporter.probes.x509 import CertificateFacts, certificate_facts
 
 
 def test_peer_text_is_printable_ascii_and_bounded() -> None:

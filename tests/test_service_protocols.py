@@ -3,20 +3,19 @@ certificate expiry, and the DC's dynamic RPC ports (from its endpoint mapper) pr
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.lab.metrics import metric_families, promtool_check_metrics
 from tests.lab.samba import loopback_alias
 from tests.lab.samba_probe_dc import DC_FQDN, DC_IP, ProbeDC
-from tests.lab.service import Service, start_service
+from tests.lab.service import Service, serve_args, start_service
 from tests.lab.tls import LabPki
-from tests.test_service import promtool
+from tests.lab.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +37,16 @@ def dc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         dc = ProbeDC(DC_IP, work, pki).start()
         try:
             svc = start_service(
-                [
-                    "serve",
-                    "--inventory",
-                    str(inventory),
-                    "--source",
-                    "monitor.probe.example.test",
-                    "--interval",
-                    "3",
-                    "--timeout",
-                    "1",
-                    "--attempts",
-                    "2",
-                    "--state-file",
-                    "",
+                serve_args(
+                    inventory,
                     "--probe.ca-file",
                     str(pki.ca_file),
-                ]
+                    source="monitor.probe.example.test",
+                    interval=3,
+                    timeout=1,
+                    attempts=2,
+                    state_file="",
+                )
             )
             try:
                 yield svc
@@ -70,15 +62,18 @@ def rows(svc: Service) -> list[dict[str, Any]]:
     return result
 
 
+def probed(current: list[dict[str, Any]]) -> set[str]:
+    return {r["service"] for r in current if r["state"] is not None}
+
+
 def wait_for(svc: Service, services: set[str], timeout: float = 40.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The paths once every one of `services` has been probed."""
+
+    def all_probed() -> list[dict[str, Any]] | None:
         current = rows(svc)
-        have = {r["service"] for r in current if r["state"] is not None}
-        if services <= have:
-            return current
-        assert time.monotonic() < deadline, sorted(have)
-        time.sleep(0.3)
+        return current if services <= probed(current) else None
+
+    return wait_until(all_probed, timeout, 0.3, message=lambda: sorted(probed(rows(svc))))
 
 
 def test_dc_protocols_answer_through_the_service(dc_service: Service) -> None:
@@ -114,9 +109,8 @@ def test_dc_protocols_answer_through_the_service(dc_service: Service) -> None:
 def test_protocol_health_and_certificate_expiry_are_metrics_promtool_accepts(dc_service: Service) -> None:
     wait_for(dc_service, {"rpc:drsuapi", "ldaps"})
     text = dc_service.get("/metrics").text
-    lint = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    promtool_check_metrics(text)
+    families = metric_families(text)
     protocol = {s.labels["check"]: s.value for s in families["exchange_protocol_up"].samples}
     for check in (
         "dns",
@@ -141,6 +135,6 @@ def test_protocol_health_and_certificate_expiry_are_metrics_promtool_accepts(dc_
 
 def test_dynamic_rpc_ports_are_service_labels_of_their_own(dc_service: Service) -> None:
     wait_for(dc_service, {"rpc:drsuapi"})
-    families = {f.name: f for f in text_string_to_metric_families(dc_service.get("/metrics").text)}
+    families = metric_families(dc_service.get("/metrics").text)
     services = {s.labels["service"]: s.value for s in families["exchange_path_up"].samples}
     assert services["rpc:drsuapi"] == 1.0 and services["rpc:netlogon"] == 1.0 and services["rpc-epm"] == 1.0

@@ -15,19 +15,12 @@ from collections.abc import Iterable
 import pytest
 
 from exporter.plan.catalogue import PathKind
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.baseline import (
-    SCHEMA_VERSION,
-    Baseline,
-    Classification,
-    PathStatus,
-    Status,
-    Transition,
-    default_state_file,
-    path_key,
-)
+from exporter.state.baseline import SCHEMA_VERSION, Baseline, default_state_file
+from exporter.state.status import Classification, PathStatus, Status, Transition, path_key
 from exporter.state.tracker import TRANSITIONS, Tracker
+from tests.lab.waiting import wait_until
 
 DAY = 86400.0
 T0 = float(int(time.time()))  # near the real now: the changes log prunes by real age
@@ -49,8 +42,8 @@ def make_path(
     kind: PathKind = PathKind.EXCHANGE_EXCHANGE,
     source: str = "ex1.corp.example",
     check: str = "tcp",
-) -> Path:
-    return Path(
+) -> NetworkPath:
+    return NetworkPath(
         source=source,
         source_site="HQ",
         target=target,
@@ -528,14 +521,12 @@ def test_background_flusher_saves_without_an_explicit_flush(tmp_path: pathlib.Pa
     store.start()
     try:
         Tracker(store).observe(path_key(make_path()), OPEN, T0)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
+
+        def saved() -> bool:
             with Baseline(db) as reader:
-                if reader.load():
-                    break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the flusher never wrote the record")
+                return bool(reader.load())
+
+        wait_until(saved, timeout=3.0, interval=0.02, message="the flusher never wrote the record")
     finally:
         store.close()
 

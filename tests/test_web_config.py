@@ -14,8 +14,8 @@ import yaml
 
 from exporter.errors import ConfigError
 from exporter.outputs.webconfig import load_web_config
-from tests.lab.service import Service, start_service
-from tests.test_engine import loopback_org
+from tests.lab.organisations import loopback_org
+from tests.lab.service import Service, serve_args, start_service
 
 PASSWORD = "correct horse battery staple"  # a test credential, asserted never to leak
 
@@ -44,8 +44,9 @@ def start(tmp_path: Path, web: dict[str, object]) -> tuple[Service, Path]:
     inventory = tmp_path / "inv.yaml"
     inventory.write_text(yaml.safe_dump(loopback_org("127.0.40.", servers=1)))
     log = tmp_path / "service.log"
-    args = ["serve", "--inventory", str(inventory), "--source", "o", "--interval", "5", "--timeout", "0.3"]
-    args += ["--state-file", "", "--web.config.file", str(file)]
+    args = serve_args(
+        inventory, "--web.config.file", str(file), source="o", interval=5, timeout=0.3, state_file=""
+    )
     return start_service(args, ready=None, scheme="https", log=log), log
 
 

@@ -6,11 +6,10 @@ A failed lookup is DNS_ERROR (the name) or LOCAL_ERROR (our resolver machinery),
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 
+from exporter.probes.contract import Resolved, ResolveFailure, literal
 from exporter.probes.outcome import State
 
 POSITIVE_TTL = 300.0
@@ -22,27 +21,6 @@ _LOCAL_GAI = {
     for name in ("EAI_MEMORY", "EAI_SYSTEM", "EAI_FAMILY", "EAI_SOCKTYPE", "EAI_BADFLAGS", "EAI_SERVICE")
     if hasattr(socket, name)
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    family: int
-    host: str  # the numeric address
-
-
-@dataclass(frozen=True, slots=True)
-class ResolveFailure:
-    state: State
-    evidence: str
-
-
-def literal(address: str) -> Resolved | None:
-    """A numeric IPv4/IPv6 address as a Resolved, or None for a name."""
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return None
-    return Resolved(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
 
 
 class Resolver:

@@ -21,12 +21,13 @@ import resource
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.engine.resolver import Resolved, ResolveFailure, Resolver
+from exporter.engine.resolver import Resolver
 from exporter.probes import tcp
+from exporter.probes.contract import Check, Resolved, ResolveFailure, Target
 from exporter.probes.outcome import IN_PROGRESS, Outcome, State, errno_name
 
 log = logging.getLogger(__name__)
@@ -34,22 +35,9 @@ log = logging.getLogger(__name__)
 FD_RESERVE = 64  # fds kept free for the HTTP server, logs, the state file
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What the engine needs of a Path: where to connect and which check proves it."""
-
-    host: str  # address or name to connect to
-    port: int
-    check: str = "tcp"
-    name: str = ""  # the target's FQDN (for SNI, Host headers, realms, expected names in replies)
-
-
-#: a protocol check: (resolved address, target, per-attempt timeout, attempts) -> Outcome
-Check = Callable[[Resolved, Target, float, int], Awaitable[Outcome]]
-
-
 class Sink(Protocol):
-    def record(self, index: int, outcome: Outcome, wall: float) -> None: ...
+    def record(self, index: int, outcome: Outcome, wall: float) -> bool | None:
+        """Take path `index`'s outcome; True asks for a confirmation probe soon (see `confirm_delay`)."""
 
 
 def default_concurrency() -> int:
@@ -105,9 +93,8 @@ class Engine:
         seed: str = "",
         resolver: Resolver | None = None,
         stats: EngineStats | None = None,
+        confirm_delay: float = 0.0,
     ) -> None:
-        if interval <= 0 or timeout <= 0 or attempts < 1:
-            raise ValueError("interval and timeout must be > 0 and attempts >= 1")
         self.targets = list(targets)
         self.sink = sink
         self.interval = interval
@@ -117,6 +104,7 @@ class Engine:
         self.checks = checks or {}
         self.tick = tick
         self.once = once
+        self.confirm_delay = confirm_delay
         self.resolver = resolver or Resolver()
         # shared across plan changes, so counters never go backwards
         self.stats = stats or EngineStats()
@@ -389,4 +377,5 @@ class Engine:
             self._seen[attempt.index] = 1
             self._completed += 1
             self.stats.completed_paths += 1
-        self.sink.record(attempt.index, outcome, time.time())
+        if self.sink.record(attempt.index, outcome, time.time()) and self.confirm_delay > 0:
+            self.expedite(attempt.index, self.confirm_delay)

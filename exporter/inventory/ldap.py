@@ -3,16 +3,16 @@ read over LDAP (ldap3) into the same Inventory model the static file produces.
 
 The directory is the administrator's data, not ours: a malformed object becomes a warning that names its
 DN, and is kept whenever the rest of it is usable. Secrets never reach a log line, an exception or a repr.
+
+This module connects, binds, searches and builds the result; what it is told to connect to, and how, is
+ldap_settings.py, and decoding Exchange's own attributes is exchange_attributes.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import errno
-import hashlib
-import importlib
 import ipaddress
 import logging
 import math
@@ -22,12 +22,12 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 from exporter.errors import ConfigError, DiscoveryError
+from exporter.inventory.exchange_attributes import decode_roles, version_from_number, version_from_serial
+from exporter.inventory.ldap_settings import Endpoint, LdapSettings, Secret
 from exporter.inventory.model import (
     DomainController,
     Inventory,
@@ -41,16 +41,9 @@ from exporter.text import safe_text
 
 log = logging.getLogger(__name__)
 
-PASSWORD_ENV = "EXFW_BIND_PASSWORD"  # noqa: S105 (the variable's name, not a password)
-DEFAULT_PAGE_SIZE = 500
-MAX_PAGE_SIZE = 1000  # AD's MaxPageSize: a larger page is silently cut to 1000
-DEFAULT_TIMEOUT = 10.0
 DEFAULT_DAG_REPLICATION_PORT = 64327
 UNKNOWN_SITE = "unknown"  # a server without msExchServerSite is kept, labelled with this site
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
-
-AuthMethod = Literal["simple", "ntlm", "kerberos"]
-AUTH_METHODS: tuple[AuthMethod, ...] = ("simple", "ntlm", "kerberos")
 
 
 class Reason(enum.StrEnum):
@@ -66,184 +59,6 @@ class Reason(enum.StrEnum):
 
 # how far an attempt got: the furthest failure is the most telling one
 _STAGE = {Reason.CONFIG: 0, Reason.DNS: 1, Reason.CONNECT: 2, Reason.TLS: 3, Reason.BIND: 4, Reason.SEARCH: 5}
-
-
-# ---- secrets and settings -------------------------------------------------------------------------------
-class Secret:
-    """A password that prints as `***` everywhere (repr, str, f-strings, logging, tracebacks)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
-
-
-def read_password(file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Secret | None:
-    """The bind password from `file` (trailing newline stripped) or else the EXFW_BIND_PASSWORD variable.
-
-    Never from the command line, where every local user could read it in /proc.
-    """
-    if file is not None:
-        path = Path(file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the bind password file {path}: {exc.strerror}",
-                fix="check the path and its permissions",
-            ) from None
-        text = text.rstrip("\r\n")
-        with contextlib.suppress(OSError):
-            if path.stat().st_mode & 0o077:
-                log.warning("the bind password file %s is readable by other users: chmod 600 it", path)
-        if not text:
-            raise ConfigError(f"the bind password file {path} is empty", fix="write the password into it")
-        return Secret(text)
-    value = (os.environ if environ is None else environ).get(PASSWORD_ENV)
-    return Secret(value) if value else None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One LDAP server to try. `address`, when set, is dialled instead of resolving `host`, and the
-    certificate must still match `host` (a DC found in DNS through an explicitly given DNS server)."""
-
-    host: str
-    port: int
-    tls: bool  # LDAPS: TLS from the first byte
-    address: str | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'ldaps' if self.tls else 'ldap'}://{host}:{self.port}"
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        """`ldaps://dc1.example.com`, `ldap://10.0.0.5:389`, `ldaps://[fd00::5]:636`."""
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"LDAP URL {url!r}: {exc}", fix="e.g. ldaps://dc1.example.com:636") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("ldap", "ldaps") or not parts.hostname:
-            raise ConfigError(
-                f"LDAP URL {url!r} is not ldap://HOST[:PORT] or ldaps://HOST[:PORT]",
-                fix="e.g. ldaps://dc1.example.com:636",
-            )
-        if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
-            raise ConfigError(
-                f"LDAP URL {url!r} may only hold a scheme, host and port",
-                fix="give the bind user with --bind-user and the password by file or variable",
-            )
-        default = 636 if scheme == "ldaps" else 389
-        return cls(parts.hostname, port or default, scheme == "ldaps")
-
-
-@dataclass(frozen=True)
-class LdapSettings:
-    """Where and how to read the directory. Validated once, here; the rest of the code trusts it."""
-
-    urls: tuple[str, ...] = ()
-    bind_user: str | None = None
-    password: Secret | None = None
-    ca_file: str | None = None
-    starttls: bool = False
-    auth: AuthMethod = "simple"
-    allow_insecure_bind: bool = False
-    domain: str | None = None  # for DNS SRV discovery when no URL is given
-    site: str | None = None  # prefer this AD site's DCs in DNS SRV discovery
-    dns_server: tuple[str, int] | None = None  # ask this DNS server instead of the host's resolver
-    timeout: float = DEFAULT_TIMEOUT
-    page_size: int = DEFAULT_PAGE_SIZE
-    endpoints: tuple[Endpoint, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.auth not in AUTH_METHODS:
-            raise ConfigError(
-                f"unknown LDAP authentication {self.auth!r}", fix="use simple, ntlm or kerberos"
-            )
-        if not self.timeout > 0:
-            raise ConfigError("the LDAP timeout must be greater than 0", fix="e.g. 10 (seconds)")
-        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
-            raise ConfigError(
-                f"LDAP page size {self.page_size} is outside 1..{MAX_PAGE_SIZE}",
-                fix=f"AD returns at most {MAX_PAGE_SIZE} entries a page; use {DEFAULT_PAGE_SIZE}",
-            )
-        endpoints = tuple(Endpoint.parse(url) for url in self.urls)
-        object.__setattr__(self, "endpoints", endpoints)
-        if self.starttls and any(e.tls for e in endpoints):
-            raise ConfigError(
-                "--starttls with an ldaps:// URL: the connection is already TLS",
-                fix="use ldap://HOST:389 with --starttls, or ldaps://HOST:636 without it",
-            )
-        if self.ca_file is not None and not Path(self.ca_file).is_file():
-            raise ConfigError(
-                f"CA file {self.ca_file} does not exist",
-                fix="give the PEM file of the CA that issued the DCs' certificates",
-            )
-        if self.auth in ("simple", "ntlm"):
-            if not self.bind_user:
-                raise ConfigError(
-                    f"{self.auth} bind needs a bind user",
-                    fix="--bind-user user@example.com (NTLM: EXAMPLE\\user)",
-                )
-            if self.password is None:
-                raise ConfigError(
-                    f"{self.auth} bind needs a password",
-                    fix=f"set {PASSWORD_ENV} or give --bind-password-file FILE",
-                )
-        if self.auth == "simple" and not self.allow_insecure_bind:
-            for endpoint in endpoints:
-                if not endpoint.tls and not self.starttls:
-                    raise ConfigError(
-                        f"refusing a simple bind to {endpoint.url} without TLS: the password would cross "
-                        "the network in clear text",
-                        fix=f"use ldaps://{endpoint.host}:636 or --starttls "
-                        "(--allow-insecure-bind is for labs)",
-                    )
-        if self.auth == "ntlm":
-            if "\\" not in (self.bind_user or ""):
-                raise ConfigError(
-                    f"NTLM needs the bind user as DOMAIN\\user, not {self.bind_user!r}",
-                    fix="e.g. EXAMPLE\\svc-exporter",
-                )
-            if not _md4_available():
-                raise ConfigError(
-                    "NTLM needs MD4, which this OpenSSL does not provide",
-                    fix="pip install pycryptodome (ldap3 uses its MD4), or use simple bind over LDAPS",
-                )
-        if self.auth == "kerberos":
-            try:
-                importlib.import_module("gssapi")
-            except ImportError:
-                raise ConfigError(
-                    "Kerberos needs the Python module gssapi, which is not installed",
-                    fix="pip install gssapi (and have a ticket: kinit or a keytab), or use simple "
-                    "bind over LDAPS",
-                ) from None
-
-
-def _md4_available() -> bool:
-    try:
-        hashlib.new("md4")  # noqa: S324 (NTLM's own hash; we only ask whether it exists)
-        return True
-    except ValueError:
-        pass
-    try:
-        importlib.import_module("Crypto.Hash.MD4")
-    except ImportError:
-        return False
-    return True
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
@@ -324,87 +139,7 @@ class DiscoveryResult:
         return best[1] if best else None
 
 
-# ---- decoding Exchange's attributes ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RoleBit:
-    """One bit of msExchCurrentServerRoles (Exchange's ServerRole enum) and what it means to us."""
-
-    bit: int
-    name: str
-    role_2010: Role | None  # the Role it stands for on Exchange 2010 (major 14)
-    role_2013: Role | None  # ... and on 2013 and later (major 15)
-
-
-# The one table of role bits. In 2013+ the ClientAccess bit sits on the back end (Mailbox) and Cafe is
-# the client-facing front end, so Cafe means clientaccess there.
-ROLE_BITS: tuple[RoleBit, ...] = (
-    RoleBit(1, "Cafe", None, Role.CLIENT_ACCESS),
-    RoleBit(2, "Mailbox", Role.MAILBOX, Role.MAILBOX),
-    RoleBit(4, "ClientAccess", Role.CLIENT_ACCESS, None),
-    RoleBit(16, "UnifiedMessaging", Role.UM, Role.UM),
-    RoleBit(32, "HubTransport", Role.HUB_TRANSPORT, Role.HUB_TRANSPORT),
-    RoleBit(64, "Edge", Role.EDGE, Role.EDGE),
-    RoleBit(128, "Monitoring", None, None),
-    RoleBit(256, "CentralAdmin", None, None),
-    RoleBit(512, "CentralAdminDatabase", None, None),
-    RoleBit(1024, "DomainController", None, None),
-    RoleBit(2048, "WindowsDeploymentServer", None, None),
-    RoleBit(4096, "ProvisionedServer", None, None),
-    RoleBit(8192, "LanguagePacks", None, None),
-    RoleBit(16384, "FrontendTransport", None, Role.FRONTEND_TRANSPORT),
-    RoleBit(32768, "CafeArray", None, None),
-    RoleBit(65536, "FfoWebService", None, None),
-)
-_KNOWN_ROLE_BITS = sum(r.bit for r in ROLE_BITS)
-
-
-@dataclass(frozen=True)
-class DecodedRoles:
-    roles: frozenset[Role]
-    names: tuple[str, ...]  # every known bit set, by Exchange's name
-    unknown_bits: int
-
-
-def decode_roles(mask: int, major: int) -> DecodedRoles:
-    """msExchCurrentServerRoles -> our roles; bits nobody knows are returned, not dropped."""
-    roles = set()
-    names = []
-    for row in ROLE_BITS:
-        if mask & row.bit:
-            names.append(row.name)
-            role = row.role_2010 if major < 15 else row.role_2013
-            if role is not None:
-                roles.add(role)
-    return DecodedRoles(frozenset(roles), tuple(names), mask & ~_KNOWN_ROLE_BITS)
-
-
-_SERIAL = re.compile(r"^\s*Version (\d+)\.(\d+) \(Build (\d+)\.(\d+)\)\s*$")
-SERIAL_BUILD_OFFSET = 30000  # 15.x serialNumber builds are 30000 + the real build
-
-
-def version_from_serial(text: str) -> tuple[int, int, int, int] | None:
-    """`Version 15.2 (Build 31118.7)` -> (15, 2, 1118, 7); None when it is not in that form."""
-    match = _SERIAL.match(text)
-    if not match:
-        return None
-    major, minor, build, revision = (int(g) for g in match.groups())
-    if major >= 15 and build >= SERIAL_BUILD_OFFSET:
-        build -= SERIAL_BUILD_OFFSET
-    return major, minor, build, revision
-
-
-def version_from_number(value: int) -> tuple[int, int, int] | None:
-    """versionNumber: legacy(4)=7 | major(6) | minor(6) | flag(1) | build(15); None unless 2010 or later."""
-    if value < 0 or value >> 32:
-        return None
-    legacy, major, minor, build = value >> 28, (value >> 22) & 0x3F, (value >> 16) & 0x3F, value & 0x7FFF
-    if legacy != 7 or major not in (14, 15):
-        return None
-    if major >= 15 and build >= SERIAL_BUILD_OFFSET:
-        build -= SERIAL_BUILD_OFFSET
-    return major, minor, build
-
-
+# ---- host names -------------------------------------------------------------------------------------------
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 

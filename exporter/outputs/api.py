@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from exporter.outputs.pathtable import PathResult
-from exporter.plan.planner import Path
-from exporter.state.baseline import Classification, PathStatus, Transition
+from exporter.plan.planner import NetworkPath
+from exporter.state.results import PathResult
+from exporter.state.status import Classification, PathStatus, Transition
 from exporter.state.tracker import Verdict
 
 
@@ -74,7 +74,7 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def path_view(path: Path, result: PathResult | None) -> dict[str, Any]:
+def path_view(path: NetworkPath, result: PathResult | None) -> dict[str, Any]:
     outcome = result.outcome if result else None
     return {
         "source": path.source,
@@ -139,7 +139,7 @@ def change_view(change: Transition) -> dict[str, Any]:
 
 
 def verdict_view(source: str, verdict: Verdict) -> dict[str, Any]:
-    def name(path: Path) -> str:
+    def name(path: NetworkPath) -> str:
         return f"{path.target}:{path.port}/{path.proto}"
 
     return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -15,40 +14,24 @@ from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
 from exporter.inventory.model import Inventory
-from exporter.inventory.refresh import InventoryRefresher
 from exporter.outputs import matrix, mesh, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
+from exporter.outputs.exposition import PathExposition
 from exporter.outputs.limits import API_RATE, RequestLimits
-from exporter.plan.planner import Path
-from exporter.prober import Prober
+from exporter.outputs.mesh import MeshSettings
+from exporter.outputs.view import AgentView
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import State
-from exporter.service import FileReloader
 
 MAX_PATHS_PAGE = 100_000
 MAX_CHANGES_PAGE = 10_000
 
 
-@dataclass(frozen=True)
-class MeshSettings:
-    """Where the other agents are and how to reach them."""
-
-    enabled: bool = False
-    port: int = 10135
-    scheme: str = "http"
-    members: str = "exchange"
-    extra: tuple[str, ...] = ()
-    advertise: str = ""  # how peers and Prometheus reach this agent: host[:port]
-    auth: tuple[str, str] | None = None
-    verify: str | bool = True
-    timeout: float = 5.0
-
-
 def create_app(
-    prober: Prober,
-    refresher: InventoryRefresher | None = None,
+    agent: AgentView,
+    exposition: PathExposition,
     mesh_settings: MeshSettings | None = None,
-    planner: Callable[[Inventory, str], list[Path]] | None = None,
-    reloader: FileReloader | None = None,
+    planner: Callable[[Inventory, str], list[NetworkPath]] | None = None,
     api_rate: float = API_RATE,
 ) -> FastAPI:
     app = FastAPI(
@@ -63,14 +46,14 @@ def create_app(
         },
     )
     app.add_middleware(RequestLimits, api_rate=api_rate, api_burst=max(api_rate * 3, 1.0))
-    registry = metrics.build_registry(prober, refresher, reloader)
-    app.state.prober = prober
+    registry = metrics.build_registry(agent)
+    app.state.agent = agent
     settings = mesh_settings or MeshSettings()
 
     def peers() -> list[mesh.Peer]:
         return mesh.peers_of(
-            prober.inventory,
-            me=prober.source,
+            agent.inventory,
+            me=agent.source,
             port=settings.port,
             scheme=settings.scheme,
             members=settings.members,
@@ -79,21 +62,21 @@ def create_app(
 
     def me() -> mesh.Peer:
         """This agent as its peers and Prometheus reach it."""
-        member = prober.inventory.find(prober.source)
+        member = agent.inventory.find(agent.source)
         if settings.advertise:
             url = httpx.URL(f"{settings.scheme}://{settings.advertise}")
             base = str(url.copy_with(port=url.port or settings.port)).rstrip("/")
         else:
-            host = (member.address or member.fqdn) if member else prober.source
+            host = (member.address or member.fqdn) if member else agent.source
             base = f"{settings.scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}"
         site = member.site if member else ""
-        return mesh.Peer(prober.source, base, site, member.primary_role if member else "observer")
+        return mesh.Peer(agent.source, base, site, member.primary_role if member else "observer")
 
     def own_rows() -> list[dict[str, Any]]:
-        return [path_view(path, result) for path, result in prober.table.items()]
+        return [path_view(path, result) for path, result in agent.table.items()]
 
-    def plan_for(identity: str) -> list[Path]:
-        return planner(prober.inventory, identity) if planner else []
+    def plan_for(identity: str) -> list[NetworkPath]:
+        return planner(agent.inventory, identity) if planner else []
 
     the_mesh = mesh.Mesh(
         peers, own_rows, plan_for, timeout=settings.timeout, auth=settings.auth, verify=settings.verify
@@ -103,7 +86,7 @@ def create_app(
     async def scrape(request: Request) -> Response:
         # rendering is CPU-bound on large plans: a worker thread, never the probing loop
         body, headers = await run_in_threadpool(
-            metrics.respond, prober, registry, request.headers.get("accept-encoding", "")
+            metrics.respond, exposition, registry, request.headers.get("accept-encoding", "")
         )
         return Response(body, media_type=metrics.CONTENT_TYPE, headers=headers)
 
@@ -113,9 +96,10 @@ def create_app(
 
     @app.get("/-/ready", include_in_schema=False)
     async def ready() -> Response:
-        if prober.ready:
+        if agent.ready:
             return Response("Ready\n", media_type="text/plain")
-        done, total = prober.table.probed, len(prober.table)
+        table = agent.table
+        done, total = table.probed, len(table)
         return Response(
             f"Not ready: {done} of {total} paths probed\n", status_code=503, media_type="text/plain"
         )
@@ -128,7 +112,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PATHS_PAGE)] = MAX_PATHS_PAGE,
     ) -> JSONResponse:
         out = []
-        for path, result in prober.table.items():
+        for path, result in agent.table.items():
             if target is not None and path.target.lower() != target.lower():
                 continue
             if required is not None and path.required != required:
@@ -149,8 +133,8 @@ def create_app(
         since: Annotated[float, Query(ge=0, description="unix time; only changes after it")] = 0.0,
         limit: Annotated[int, Query(ge=1, le=MAX_CHANGES_PAGE)] = 100,
     ) -> JSONResponse:
-        tracker = prober.tracker
-        rows = [] if tracker is None else [change_view(c) for c in tracker.changes(since, limit)]
+        state = agent.state
+        rows = [] if state is None else [change_view(c) for c in state.changes(since, limit)]
         return JSONResponse(rows)
 
     @app.get(
@@ -159,18 +143,18 @@ def create_app(
         summary="Microsoft's supportability rule per source, and overall",
     )
     async def verdict() -> JSONResponse:
-        tracker = prober.tracker
-        if tracker is None:
+        state = agent.state
+        if state is None:
             return JSONResponse([])
-        per_source = await run_in_threadpool(tracker.verdicts)
-        overall = await run_in_threadpool(tracker.verdict)
+        per_source = await run_in_threadpool(state.verdicts, True)
+        overall = await run_in_threadpool(state.verdict)
         rows = [verdict_view(source, v) for source, v in sorted(per_source.items())]
         rows.append(verdict_view("*", overall))
         return JSONResponse(rows)
 
     async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, object]], str]:
-        tracker = prober.tracker
-        changes = [] if tracker is None else [change_view(c) for c in tracker.changes(0.0, 50)]
+        state = agent.state
+        changes = [] if state is None else [change_view(c) for c in state.changes(0.0, 50)]
         if scope == "mesh" and settings.enabled:
             rows, errors = await the_mesh.rows()
             agents = len({row["source"] for row in rows})
@@ -179,13 +163,13 @@ def create_app(
             rows = await run_in_threadpool(own_rows)
             where = f"{len(rows)} paths probed from"
         grid = await run_in_threadpool(matrix.build, rows)
-        return grid, changes, f"{where} {prober.source} every {prober.settings.interval:g}s"
+        return grid, changes, f"{where} {agent.source} every {agent.interval:g}s"
 
     @app.get("/matrix", response_class=HTMLResponse, include_in_schema=False)
     async def matrix_page(scope: Annotated[str, Query(pattern="^(mesh|local)$")] = "mesh") -> HTMLResponse:
         grid, changes, subtitle = await matrix_parts(scope)
         return HTMLResponse(
-            matrix.render_page(grid, changes, title=prober.inventory.organisation, subtitle=subtitle)
+            matrix.render_page(grid, changes, title=agent.inventory.organisation, subtitle=subtitle)
         )
 
     @app.get("/matrix/fragment", include_in_schema=False)
@@ -219,27 +203,27 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:
-        return HTMLResponse(_landing(prober))
+        return HTMLResponse(_landing(agent))
 
     return app
 
 
-def _landing(prober: Prober) -> str:
+def _landing(agent: AgentView) -> str:
     counts: dict[str, int] = {}
-    for _path, result in prober.table.items():
+    for _path, result in agent.table.items():
         key = result.outcome.state.value if result else "pending"
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items())) or "no paths planned"
-    source = html.escape(prober.source)
-    org = html.escape(prober.inventory.organisation)
+    source = html.escape(agent.source)
+    org = html.escape(agent.inventory.organisation)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>exchange-firewall-exporter</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:50em}}</style>
 </head><body>
 <h1>exchange-firewall-exporter</h1>
-<p>Organisation <b>{org}</b>, probing from <b>{source}</b>: {len(prober.table)} paths ({summary}).</p>
+<p>Organisation <b>{org}</b>, probing from <b>{source}</b>: {len(agent.table)} paths ({summary}).</p>
 <ul>
-<li><a href="matrix">Path matrix</a> (who reaches whom, with evidence and the change log)</li>
+<li><a href="matrix">NetworkPath matrix</a> (who reaches whom, with evidence and the change log)</li>
 <li><a href="metrics">Metrics</a> (Prometheus exposition)</li>
 <li><a href="api/v1/paths">Paths</a> (JSON: every path, its state and evidence)</li>
 <li><a href="api/v1/paths?state=filtered">Filtered paths</a>, <a href="api/v1/changes">changes</a>,

@@ -18,10 +18,25 @@ import httpx
 
 from exporter.inventory.model import Inventory
 from exporter.outputs.api import path_view
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Where the other agents are and how to reach them."""
+
+    enabled: bool = False
+    port: int = 10135
+    scheme: str = "http"
+    members: str = "exchange"
+    extra: tuple[str, ...] = ()
+    advertise: str = ""  # how peers and Prometheus reach this agent: host[:port]
+    auth: tuple[str, str] | None = None
+    verify: str | bool = True
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +90,7 @@ class Mesh:
         self,
         peers: Callable[[], list[Peer]],
         own_rows: Callable[[], list[dict[str, Any]]],
-        plan_for: Callable[[str], list[Path]],
+        plan_for: Callable[[str], list[NetworkPath]],
         *,
         timeout: float = 5.0,
         concurrency: int = 16,

@@ -1,7 +1,7 @@
 """The /metrics exposition: one custom collector for the exporter's own metrics, plus the per-path families.
 
 The collector yields a consistent snapshot at scrape time (no stale label sets). The per-path families
-come pre-rendered from the PathTable (see pathtable.py for why); both are text format 0.0.4.
+come pre-rendered from the PathExposition (see exposition.py for why); both are text format 0.0.4.
 """
 
 from __future__ import annotations
@@ -17,28 +17,26 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.inventory.refresh import InventoryRefresher
-from exporter.prober import Prober
-from exporter.service import FileReloader
-from exporter.state.tracker import Verdict
+from exporter.outputs.exposition import PathExposition
+from exporter.outputs.view import AgentView, InventoryHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ExporterCollector(Collector):
-    """Prober health, inventory and build info, read from the prober at scrape time."""
+    """Prober health, inventory and build info, read from the agent at scrape time."""
 
-    def __init__(self, prober: Prober) -> None:
-        self.prober = prober
+    def __init__(self, agent: AgentView) -> None:
+        self.agent = agent
 
     def collect(self) -> Iterable[Metric]:
-        prober = self.prober
-        stats = prober.stats
+        agent = self.agent
+        stats = agent.stats
         probes = CounterMetricFamily(
             "exchange_probes", "Probes completed since start, by result state.", labels=["result"]
         )
-        for state, count in sorted(stats.probes.items()):
-            probes.add_metric([state], count)
+        for result, count in sorted(stats.probes.items()):
+            probes.add_metric([result], count)
         yield probes
         yield GaugeMetricFamily(
             "exchange_probe_lag_seconds",
@@ -49,27 +47,27 @@ class ExporterCollector(Collector):
         yield GaugeMetricFamily(
             "exchange_probe_concurrency_limit",
             "Most probes allowed in flight (derived from the fd limit unless set).",
-            value=prober.engine.limit,
+            value=agent.concurrency_limit,
         )
         yield GaugeMetricFamily(
             "exchange_probe_interval_seconds",
             "Configured interval between probes of one path.",
-            value=prober.settings.interval,
+            value=agent.interval,
         )
         yield CounterMetricFamily(
             "exchange_probe_cycles", "Complete passes over the plan.", value=stats.cycles
         )
         paths = GaugeMetricFamily("exchange_paths", "Paths this agent probes, by path kind.", labels=["kind"])
-        for kind, count in sorted(prober.table.kinds.items()):
+        for kind, count in sorted(agent.table.kinds.items()):
             paths.add_metric([kind], count)
         yield paths
         members = GaugeMetricFamily(
             "exchange_inventory_members", "Inventory members by kind and AD site.", labels=["kind", "site"]
         )
         counts: Counter[tuple[str, str]] = Counter()
-        for server in prober.inventory.servers:
+        for server in agent.inventory.servers:
             counts["edge" if server.is_edge else "exchange", server.site] += 1
-        for dc in prober.inventory.domain_controllers:
+        for dc in agent.inventory.domain_controllers:
             counts["domain_controller", dc.site] += 1
         for (kind, site), count in sorted(counts.items()):
             members.add_metric([kind, site], count)
@@ -80,23 +78,23 @@ class ExporterCollector(Collector):
             labels=["version", "python_version", "source", "organisation"],
         )
         info.add_metric(
-            [__version__, platform.python_version(), prober.source, prober.inventory.organisation], 1
+            [__version__, platform.python_version(), agent.source, agent.inventory.organisation], 1
         )
         yield info
         yield GaugeMetricFamily(
             "exchange_exporter_ready",
             "1 once every planned path has been probed at least once.",
-            value=1 if prober.ready else 0,
+            value=1 if agent.ready else 0,
         )
-        tracker = prober.tracker
-        if tracker is None:
+        state = agent.state
+        if state is None:
             return
         changes = CounterMetricFamily(
             "exchange_path_changes",
             "Hysteresis transitions of paths (pending/open -> blocked, blocked -> open).",
             labels=["from", "to"],
         )
-        for (old, new), count in sorted(tracker.transition_counts().items()):
+        for (old, new), count in sorted(state.transition_counts().items()):
             changes.add_metric([old.value, new.value], count)
         yield changes
         compliant = GaugeMetricFamily(
@@ -113,7 +111,7 @@ class ExporterCollector(Collector):
             "Required paths not yet judged (pending, or only our own errors lately), by source.",
             labels=["source"],
         )
-        for source, verdict in sorted(self._verdicts().items()):
+        for source, verdict in sorted(state.verdicts().items()):
             if verdict.compliant is not None:
                 compliant.add_metric([source], 1 if verdict.compliant else 0)
             offending.add_metric([source], verdict.blocked)
@@ -124,95 +122,81 @@ class ExporterCollector(Collector):
         yield GaugeMetricFamily(
             "exchange_state_store_healthy",
             "1 when the baseline file is being written; 0 when writes fail (probing goes on in memory).",
-            value=1 if tracker.store.healthy else 0,
+            value=1 if state.store_healthy else 0,
         )
 
-    def _verdicts(self) -> dict[str, Verdict]:
-        """Verdicts are O(paths): the prober recomputes them in the background; a scrape only reads them."""
-        return self.prober.verdicts()
 
+class InventoryCollector(Collector):
+    """How the inventory source has been read: AD discovery's health, or the inventory file's reloads."""
 
-class DiscoveryCollector(Collector):
-    """Health of the AD discovery behind the inventory (only when the inventory comes from AD)."""
-
-    def __init__(self, refresher: InventoryRefresher) -> None:
-        self.refresher = refresher
+    def __init__(self, health: InventoryHealth) -> None:
+        self.health = health
 
     def collect(self) -> Iterable[Metric]:
-        refresher = self.refresher
-        last = GaugeMetricFamily(
+        health = self.health
+        if health.kind == "file":
+            reloads = CounterMetricFamily(
+                "exchange_inventory_reloads",
+                "Reloads of the inventory file after it changed, by result.",
+                labels=["result"],
+            )
+            for result, count in sorted(health.reloads.items()):
+                reloads.add_metric([result], count)
+            yield reloads
+            yield GaugeMetricFamily(
+                "exchange_inventory_file_valid",
+                "0 when the inventory file changed and no longer validates (the last good plan runs on).",
+                value=0 if health.last_error else 1,
+            )
+            return
+        if health.kind != "ldap":
+            return
+        yield GaugeMetricFamily(
             "exchange_discovery_last_success_timestamp_seconds",
             "Unix time of the last successful read of Active Directory (0: never).",
-            value=refresher.last_success_timestamp or 0,
+            value=health.last_success_timestamp or 0,
         )
-        yield last
         errors = CounterMetricFamily(
             "exchange_discovery_errors",
             "Failed discoveries by reason (config, dns, connect, tls, bind, search, internal).",
             labels=["reason"],
         )
-        for reason, count in sorted(refresher.errors_total.items()):
+        for reason, count in sorted(health.errors_total.items()):
             errors.add_metric([reason], count)
         yield errors
         yield GaugeMetricFamily(
             "exchange_inventory_stale",
             "1 when the inventory is older than three refresh intervals (or discovery never succeeded).",
-            value=1 if refresher.stale() else 0,
+            value=1 if health.stale() else 0,
         )
         yield GaugeMetricFamily(
             "exchange_discovery_interval_seconds",
             "Configured discovery refresh interval.",
-            value=refresher.interval,
+            value=health.interval,
         )
 
 
-class ReloadCollector(Collector):
-    """Reloads of the static inventory file."""
-
-    def __init__(self, reloader: FileReloader) -> None:
-        self.reloader = reloader
-
-    def collect(self) -> Iterable[Metric]:
-        reloads = CounterMetricFamily(
-            "exchange_inventory_reloads",
-            "Reloads of the inventory file after it changed, by result.",
-            labels=["result"],
-        )
-        for result, count in sorted(self.reloader.reloads.items()):
-            reloads.add_metric([result], count)
-        yield reloads
-        yield GaugeMetricFamily(
-            "exchange_inventory_file_valid",
-            "0 when the inventory file changed and no longer validates (the last good plan runs on).",
-            value=0 if self.reloader.last_error else 1,
-        )
-
-
-def build_registry(
-    prober: Prober, refresher: InventoryRefresher | None = None, reloader: FileReloader | None = None
-) -> CollectorRegistry:
+def build_registry(agent: AgentView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(prober))
-    if reloader is not None:
-        registry.register(ReloadCollector(reloader))
-    if refresher is not None:
-        registry.register(DiscoveryCollector(refresher))
+    registry.register(ExporterCollector(agent))
+    if agent.inventory_health is not None:
+        registry.register(InventoryCollector(agent.inventory_health))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
 
 
-def render(prober: Prober, registry: CollectorRegistry) -> bytes:
+def render(paths: PathExposition, registry: CollectorRegistry) -> bytes:
     """The whole exposition. Call off the probing loop (it is CPU-bound on big plans)."""
-    return generate_latest(registry) + prober.table.render().encode("utf-8")
+    return generate_latest(registry) + paths.render().encode("utf-8")
 
 
 def respond(
-    prober: Prober, registry: CollectorRegistry, accept_encoding: str
+    paths: PathExposition, registry: CollectorRegistry, accept_encoding: str
 ) -> tuple[bytes, dict[str, str]]:
     """The exposition as the scraper asked for it. gzip (what Prometheus asks for) reuses the compressed
     blocks of the per-path families that did not change since the last scrape."""
     if "gzip" in accept_encoding.lower():
-        body = prober.table.render_gzip(generate_latest(registry))
+        body = paths.render_gzip(generate_latest(registry))
         return body, {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-    return render(prober, registry), {"Vary": "Accept-Encoding"}
+    return render(paths, registry), {"Vary": "Accept-Encoding"}

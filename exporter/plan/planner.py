@@ -1,4 +1,4 @@
-"""The planner: (inventory, this agent's identity) -> the Paths this agent must probe."""
+"""The planner: (inventory, this agent's identity) -> the NetworkPaths this agent must probe."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Vantage(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Path:
+class NetworkPath:
     """One thing to prove: `source` can reach `target` on `port/proto` and `check` says so."""
 
     source: str
@@ -129,7 +129,7 @@ def plan(
     optional_services: frozenset[str] = frozenset(),
     source_site: str | None = None,
     connect_only: bool = False,
-) -> list[Path]:
+) -> list[NetworkPath]:
     """Every path `source` must probe, deduplicated, in a stable order.
 
     `checks` limits the plan to probe kinds this build can run (None: all of them). `connect_only` turns
@@ -138,7 +138,7 @@ def plan(
     me = inventory.find(source)
     where = vantage_of(me, vantage)
     source_site = me.site if me is not None else (source_site or "")
-    paths: dict[tuple[str, int, str], Path] = {}
+    paths: dict[tuple[str, int, str], NetworkPath] = {}
     for target in inventory.members():
         if me is not None and target is me:
             continue
@@ -151,7 +151,7 @@ def plan(
                 entry = dataclasses.replace(entry, check="tcp")
             if checks is not None and entry.check not in checks:
                 continue
-            path = Path(
+            path = NetworkPath(
                 source=source,
                 source_site=source_site,
                 target=target.fqdn,
@@ -205,9 +205,20 @@ def _weight(key: tuple[object, ...], shard: int) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=8).digest()
 
 
-def shard(paths: Iterable[Path], index: int, count: int) -> list[Path]:
+def shard(paths: Iterable[NetworkPath], index: int, count: int) -> list[NetworkPath]:
     """The paths that belong to shard `index` of `count`, by rendezvous (highest random weight) hashing:
     every prober computes the same split, and adding a prober moves only the paths it takes over."""
     if count == 1:
         return list(paths)
     return [path for path in paths if max(range(1, count + 1), key=lambda s: _weight(path.key, s)) == index]
+
+
+def dynamic_rpc_paths(mapper: NetworkPath, endpoints: Iterable[tuple[str, int]]) -> tuple[NetworkPath, ...]:
+    """The dynamic RPC ports an endpoint mapper registered, each as a path of its own: the mapper's path
+    with the port found, service "rpc:<interface>" and a bare connect. Impossible ports are left out."""
+    found = {
+        dataclasses.replace(mapper, port=port, service=f"rpc:{name}", check="tcp")
+        for name, port in endpoints
+        if 0 < port < 65536 and port != mapper.port
+    }
+    return tuple(sorted(found, key=lambda p: (p.service, p.port)))

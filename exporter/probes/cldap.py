@@ -19,11 +19,9 @@ from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp
 from pyasn1.codec.ber import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import udp
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     Conversation,
     ProtocolError,
     converse,
@@ -31,6 +29,7 @@ from exporter.probes.stream import (
     first_bytes,
     parent_zone,
 )
+from exporter.probes.outcome import Outcome
 
 NT_VERSION = 0x00000006  # NETLOGON_NT_VERSION_5 | NETLOGON_NT_VERSION_5EX
 LOGON_SAM_LOGON_RESPONSE_EX = 23

@@ -14,11 +14,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import udp
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     Conversation,
     ProtocolError,
     Stream,
@@ -28,6 +26,7 @@ from exporter.probes.stream import (
     first_bytes,
     parent_zone,
 )
+from exporter.probes.outcome import Outcome
 
 
 def _query(zone: str) -> dns.message.Message:

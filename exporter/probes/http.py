@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import h11
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     MAX_READ,
     Conversation,
     ProtocolError,
     Stream,
-    Trust,
     clean,
     connect,
     converse,
     deadline,
     first_bytes,
-    start_tls,
 )
+from exporter.probes.outcome import Outcome
+from exporter.probes.tls import Trust, start_tls
 
 #: check-name suffix -> virtual directory (Exchange 2013+; names are case-insensitive in IIS)
 VDIRS = {
@@ -118,12 +116,14 @@ def health_check(vdir: str, cafile: str | None = None) -> Check:
             conv.note("http_status", str(response.status_code))
             fqdn = healthy_fqdn(content) if response.status_code == 200 else None
             if fqdn is None:
+                conv.healthy = False
                 conv.note("health", "unhealthy")
                 shown = f": {first_bytes(content)}" if response.status_code == 200 else ""
                 return conv.ok(f"HTTP {status}{shown}")
             conv.note("health_fqdn", fqdn)
             same = bool(target.name) and fqdn.lower().rstrip(".") == target.name.lower().rstrip(".")
             conv.note("fqdn_match", "yes" if same else "no")
+            conv.healthy = same
             conv.note("health", "healthy" if same else "answered by another server")
             return conv.ok(f"HTTP {status}, {fqdn}")
 

@@ -18,11 +18,9 @@ from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 from pyasn1.type import char, namedtype, tag, univ, useful  # type: ignore[import-untyped]
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import udp
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     MAX_READ,
     Conversation,
     ProtocolError,
@@ -33,6 +31,7 @@ from exporter.probes.stream import (
     first_bytes,
     parent_zone,
 )
+from exporter.probes.outcome import Outcome
 
 ERRORS = {
     1: "KDC_ERR_NAME_EXP",

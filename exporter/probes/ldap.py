@@ -20,21 +20,19 @@ from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp, UnbindReq
 from pyasn1.codec.ber import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     MAX_READ,
     Conversation,
     ProtocolError,
     Stream,
-    Trust,
     connect,
     converse,
     deadline,
     first_bytes,
-    start_tls,
 )
+from exporter.probes.outcome import Outcome
+from exporter.probes.tls import Trust, start_tls
 
 ROOTDSE_ATTRIBUTES = ("dnsHostName", "isGlobalCatalogReady", "isSynchronized", "currentTime")
 RESULT_NAMES = {

@@ -12,11 +12,10 @@ import os
 import struct
 import time
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
 from exporter.probes import udp
+from exporter.probes.contract import Resolved, Target
+from exporter.probes.conversation import Conversation, ProtocolError, clean, converse, deadline, first_bytes
 from exporter.probes.outcome import Outcome
-from exporter.probes.stream import Conversation, ProtocolError, clean, converse, deadline, first_bytes
 
 NTP_EPOCH = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 PACKET = struct.Struct("!BBbbII4sQQQQ")  # li/vn/mode, stratum, poll, precision, ... four timestamps

@@ -43,6 +43,13 @@ class Outcome:
     details: tuple[tuple[str, str], ...] = ()
     #: not-after of the peer's TLS certificate (unix time), when the check saw one
     cert_expiry: float | None = None
+    #: whether the service spoke its protocol correctly (and, for a health page, reported healthy);
+    #: None for a bare connect or when no conversation took place
+    protocol_ok: bool | None = None
+    #: named sub-results of one check, e.g. each Exchange health page of https-health: ("owa", True)
+    subchecks: tuple[tuple[str, bool], ...] = ()
+    #: dynamic TCP endpoints the RPC endpoint mapper registered: (interface name, port), when it answered
+    endpoints: tuple[tuple[str, int], ...] = ()
 
 
 # Windows Sockets error codes, so an agent on an Exchange server classifies the same way.

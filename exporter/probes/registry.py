@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
 from exporter.probes import cldap, dns, http, kerberos, ldap, ntp, rpc, smb, smtp
+from exporter.probes.contract import Check, Resolved, Target
 from exporter.probes.outcome import Outcome, State
 
 
@@ -42,7 +41,8 @@ def all_health_pages(pages: dict[str, Check]) -> Check:
     """One check for port 443: every healthcheck.htm page, fetched concurrently, folded into one Outcome.
 
     The connectivity verdict is the pages' (they share the port); each page's health is a detail
-    ("health:<vdir>", "healthy" | ...) from which the exporter makes one exchange_protocol_up series each.
+    ("health:<vdir>", "healthy" | ...) for people and a sub-check (vdir, healthy?) from which the exporter
+    makes one exchange_protocol_up series each.
     """
 
     async def check(resolved: Resolved, target: Target, timeout: float, attempts: int) -> Outcome:
@@ -54,11 +54,13 @@ def all_health_pages(pages: dict[str, Check]) -> Check:
         for key in [k for k in details if k.startswith("health")]:
             del details[key]
         healthy = 0
+        subchecks: list[tuple[str, bool]] = []
         for name, outcome in zip(names, results, strict=True):
             page = dict(outcome.details)
             verdict = page.get("health") or page.get("protocol") or outcome.state.value
             details[f"health:{name}"] = verdict
             healthy += verdict == "healthy"
+            subchecks.append((name, verdict == "healthy"))
         sick = [
             f"{n}: {o.evidence}"
             for n, o in zip(names, results, strict=True)
@@ -76,6 +78,8 @@ def all_health_pages(pages: dict[str, Check]) -> Check:
             max(o.attempts for o in results),
             tuple(details.items()),
             min(expiries) if expiries else None,
+            lead.protocol_ok,
+            tuple(sorted(subchecks)),
         )
 
     return check

@@ -18,10 +18,8 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
-from exporter.probes.outcome import Outcome, State
-from exporter.probes.stream import (
+from exporter.probes.contract import Resolved, Target
+from exporter.probes.conversation import (
     Conversation,
     ProtocolError,
     Stream,
@@ -30,6 +28,7 @@ from exporter.probes.stream import (
     deadline,
     first_bytes,
 )
+from exporter.probes.outcome import Outcome, State
 
 EPM_INTERFACE = (uuid.UUID("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0)
 NDR = (uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860"), 2, 0)
@@ -250,14 +249,14 @@ async def lookup(
                 ports = [str(port) for n, port in found if n == name]
                 if ports:
                     conv.note(f"rpc:{name}", ",".join(ports))
+            conv.endpoints = tuple(found)
             listed = " ".join(f"{n}:{p}" for n, p in found) or "none of the asked interfaces registered"
             return conv.ok(f"endpoint mapper answered: {listed}")
 
         return await connected(conv, resolved, target.port, timeout, attempts, talk)
 
     outcome = await converse("DCE/RPC", deadline(timeout, attempts), body)
-    complete = outcome.state is State.OPEN and dict(outcome.details).get("protocol") == "ok"
-    return EpmAnswer(outcome, tuple(found) if complete else ())
+    return EpmAnswer(outcome, outcome.endpoints if outcome.state is State.OPEN else ())
 
 
 async def check(resolved: Resolved, target: Target, timeout: float, attempts: int) -> Outcome:

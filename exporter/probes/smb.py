@@ -11,10 +11,8 @@ import os
 import struct
 import time
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Target
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Resolved, Target
+from exporter.probes.conversation import (
     Conversation,
     ProtocolError,
     Stream,
@@ -23,6 +21,7 @@ from exporter.probes.stream import (
     deadline,
     first_bytes,
 )
+from exporter.probes.outcome import Outcome
 
 DIALECTS = (0x0202, 0x0210, 0x0300, 0x0302, 0x0311)
 DIALECT_NAMES = {

@@ -13,21 +13,19 @@ import asyncio
 import contextlib
 import ipaddress
 
-from exporter.engine.resolver import Resolved
-from exporter.engine.scheduler import Check, Target
-from exporter.probes.outcome import Outcome
-from exporter.probes.stream import (
+from exporter.probes.contract import Check, Resolved, Target
+from exporter.probes.conversation import (
     Conversation,
     ProtocolError,
     Stream,
-    Trust,
     clean,
     connect,
     converse,
     deadline,
     first_bytes,
-    start_tls,
 )
+from exporter.probes.outcome import Outcome
+from exporter.probes.tls import Trust, start_tls
 
 LINE_LIMIT = 4096  # RFC 5321 allows 512 per reply line; Exchange stays well inside
 MAX_REPLY_LINES = 64

@@ -15,9 +15,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from exporter.engine.resolver import Resolved
+from exporter.probes.contract import Resolved
+from exporter.probes.conversation import Conversation, sockaddr
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name
-from exporter.probes.stream import Conversation, sockaddr
 
 MAX_DATAGRAM = 65536
 

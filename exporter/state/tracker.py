@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from exporter.errors import ConfigError
-from exporter.plan.planner import Path
+from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.baseline import Baseline, Classification, PathStatus, Status, Transition, path_key
+from exporter.state.baseline import Baseline
+from exporter.state.status import Classification, PathStatus, Status, Transition, path_key
 
 __all__ = [
     "TRANSITIONS",
@@ -72,8 +73,8 @@ class Verdict:
     open: int
     blocked: int
     unknown: int  # pending, or only our own errors lately
-    offending: tuple[Path, ...]  # the required paths that are blocked
-    undetermined: tuple[Path, ...]  # the required paths counted as unknown
+    offending: tuple[NetworkPath, ...]  # the required paths that are blocked
+    undetermined: tuple[NetworkPath, ...]  # the required paths counted as unknown
 
 
 class Tracker:
@@ -108,8 +109,10 @@ class Tracker:
         self._saved_at: dict[str, float] = {
             key: status.last_probe or 0.0 for key, status in self._records.items()
         }
-        self._plan: dict[str, Path] = {}  # for membership
-        self._plan_items: list[tuple[str, Path]] = []  # in plan order, index-aligned with observe(index)
+        self._plan: dict[str, NetworkPath] = {}  # for membership
+        self._plan_items: list[
+            tuple[str, NetworkPath]
+        ] = []  # in plan order, index-aligned with observe(index)
         self._plan_keys: list[str] = []
         self._plan_set = False
         self._unplanned: dict[str, float] = {}  # key -> clock() when it left the plan
@@ -118,7 +121,7 @@ class Tracker:
 
     # ---- the plan ----------------------------------------------------------------------------------
 
-    def set_plan(self, paths: Sequence[Path]) -> None:
+    def set_plan(self, paths: Sequence[NetworkPath]) -> None:
         """Make `paths` the judged set; `observe(index)` refers to this list from now on.
 
         Paths that left start their grace period; paths that came back within it keep their history.
@@ -142,7 +145,7 @@ class Tracker:
             self._expire(now)
 
     @property
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[NetworkPath]:
         """The current plan, index-aligned with `observe(index)`."""
         return [p for _key, p in self._plan_items]
 
@@ -260,7 +263,7 @@ class Tracker:
         key = self._plan_keys[path] if isinstance(path, int) else path
         return self._records.get(key) or PathStatus(key)
 
-    def statuses(self) -> list[tuple[Path, PathStatus]]:
+    def statuses(self) -> list[tuple[NetworkPath, PathStatus]]:
         """Every planned path with its record, in plan order (for metrics and the matrix page)."""
         records = self._records
         return [(p, records.get(key) or PathStatus(key)) for key, p in self._plan_items]
@@ -271,16 +274,16 @@ class Tracker:
 
     def verdicts(self) -> dict[str, Verdict]:
         """The verdict of each source in the plan."""
-        by_source: dict[str, list[tuple[str, Path]]] = {}
+        by_source: dict[str, list[tuple[str, NetworkPath]]] = {}
         for key, p in self._plan.items():
             by_source.setdefault(p.source, []).append((key, p))
         return {source: self._judge(items) for source, items in sorted(by_source.items())}
 
-    def _judge(self, items: Iterable[tuple[str, Path]]) -> Verdict:
+    def _judge(self, items: Iterable[tuple[str, NetworkPath]]) -> Verdict:
         records = self._records
         opened = 0
-        offending: list[Path] = []
-        undetermined: list[Path] = []
+        offending: list[NetworkPath] = []
+        undetermined: list[NetworkPath] = []
         for key, p in items:
             if not p.required:
                 continue  # Edge and client paths may legitimately be filtered

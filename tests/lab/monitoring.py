@@ -1,4 +1,8 @@
-"""Real Prometheus and Alertmanager on loopback, and a webhook receiver that records notifications."""
+"""Real Prometheus and Alertmanager on loopback, and a webhook receiver that records notifications.
+
+RULES is the shipped rules file; alerts_in(note, name, status) picks one alert's entries out of a
+notification.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.lab.waiting import answers, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "alerts" / "exchange-firewall.rules.yml"
 
 
 def binary(name: str) -> str:
@@ -65,16 +72,21 @@ class Webhook:
             self._server.server_close()
 
     def wait_for(self, predicate: Any, timeout: float = 60.0) -> Notification:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for note in self.notifications[seen:]:
-                if predicate(note):
-                    return note
-            time.sleep(0.1)
-        raise AssertionError(
-            f"no matching notification in {timeout}s; got {[n.body for n in self.notifications]}"
+        return wait_until(
+            lambda: next((note for note in list(self.notifications) if predicate(note)), None),
+            timeout,
+            0.1,
+            message=lambda: (
+                f"no matching notification in {timeout}s; got {[n.body for n in self.notifications]}"
+            ),
         )
+
+
+def alerts_in(note: Notification, name: str, status: str) -> list[dict[str, Any]]:
+    """The alerts called `name` in `status` ("firing" or "resolved") that one notification carries."""
+    return [
+        a for a in note.body.get("alerts", []) if a["labels"]["alertname"] == name and a["status"] == status
+    ]
 
 
 class Process:
@@ -94,15 +106,7 @@ class Process:
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
+    wait_until(lambda: answers(url), timeout, message=f"{url} did not come up")
 
 
 def alertmanager_config(webhook: Webhook, *, group_wait: str, group_interval: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The exporter as a real process on loopback, the way every service test starts it.
 
-    svc = start_service(["serve", ...], env=..., wrapper=["faketime", ...], ready="/-/ready")
+    svc = start_service(serve_args(file, source="o", interval=2, timeout=0.3), env=..., ready="/-/ready")
     svc.get("/metrics"); svc.log(); svc.stop()  # stop() returns everything the process wrote
 
 Output goes to a file (a pipe nobody reads would block a chatty process); `ready=None` waits only for the
@@ -24,6 +24,32 @@ import httpx
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_args(
+    inventory: Path | None,
+    *extra: str,
+    source: str,
+    interval: float,
+    timeout: float,
+    state_file: Path | str = "",
+    **flags: object,
+) -> list[str]:
+    """`serve --inventory FILE --source S --interval N --timeout T --state-file F`, then the keyword
+    `flags` (confirm_delay=0.3 gives --confirm-delay 0.3, connect_only=True gives --connect-only) and
+    `extra` as they are (for dotted flags: "--web.config.file", path). state_file "" keeps the baseline in
+    memory only; inventory None leaves the organisation to the directory flags (ldap_url=...)."""
+    args = ["serve"]
+    if inventory is not None:
+        args += ["--inventory", str(inventory)]
+    args += ["--source", source, "--interval", str(interval), "--timeout", str(timeout)]
+    for name, setting in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if setting is True:
+            args.append(flag)
+        elif setting is not None and setting is not False:
+            args += [flag, str(setting)]
+    return [*args, "--state-file", str(state_file), *extra]
 
 
 class Service:

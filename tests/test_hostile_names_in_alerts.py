@@ -10,7 +10,6 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,10 +22,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from exporter.text import safe_text
 from tests.conftest import Listeners, free_port
-from tests.lab.monitoring import Alertmanager, Prometheus, Webhook, alertmanager_config
-from tests.lab.service import Service, start_service
-from tests.test_alerting_e2e import RULES, alerts_in
-from tests.test_matrix_page import Tags, browse
+from tests.lab.browser import browse, tags_of
+from tests.lab.monitoring import RULES, Alertmanager, Prometheus, Webhook, alertmanager_config, alerts_in
+from tests.lab.organisations import EX1_PORTS
+from tests.lab.service import Service, serve_args, start_service
+from tests.lab.waiting import wait_until
 
 ADDRESS = "127.0.58.1"
 # Host names are validated (the `target` label is the FQDN); site names are free text in AD and land in
@@ -37,7 +37,6 @@ EVIL_SITE = '{{ printf "%s" "tmpl" }} \x1b[31m\r\n<script>alert(2)</script>'
 # what the exporter makes of them: control, line-separator and bidi characters become U+FFFD
 SHOWN_SOURCE_SITE = safe_text(EVIL_SOURCE_SITE)
 SHOWN_SITE = safe_text(EVIL_SITE)
-PORTS = (25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337)
 BLOCKED = 445
 
 
@@ -55,19 +54,12 @@ class Mailbox:
         return "250 OK"
 
     def wait(self, timeout: float = 60.0) -> EmailMessage:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages:
-                if "NewlyBlocked" in str(message["Subject"]):
-                    return message
-            time.sleep(0.2)
-        raise AssertionError(f"no e-mail in {timeout}s: {[m['Subject'] for m in self.messages]}")
-
-
-def tags_of(dom: str) -> list[tuple[str, dict[str, str | None]]]:
-    parser = Tags()
-    parser.feed(dom)
-    return parser.tags
+        """The first message about a newly blocked path."""
+        return wait_until(
+            lambda: next((m for m in list(self.messages) if "NewlyBlocked" in str(m["Subject"])), None),
+            timeout,
+            message=lambda: f"no e-mail in {timeout}s: {[m['Subject'] for m in self.messages]}",
+        )
 
 
 class Stack:
@@ -86,7 +78,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, listeners: Listeners) -> Iterator[Stack]:
-    for port in PORTS:
+    for port in EX1_PORTS:
         listeners.open(ADDRESS, port)
     sockets = {int(s.getsockname()[1]): s for s in listeners.sockets}
     server = {"roles": ["mailbox"], "version": "2019"}
@@ -118,22 +110,15 @@ def stack(tmp_path: Path, listeners: Listeners) -> Iterator[Stack]:
     am_port, prom_port = free_port(), free_port()
     am = Alertmanager(tmp_path, am_port, config)
     svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "ex0.loop.test",
-            "--connect-only",
-            "--interval",
-            "2",
-            "--timeout",
-            "0.3",
-            "--confirm-delay",
-            "0.3",
-            "--state-file",
-            "",
-        ]
+        serve_args(
+            file,
+            source="ex0.loop.test",
+            connect_only=True,
+            interval=2,
+            timeout=0.3,
+            confirm_delay=0.3,
+            state_file="",
+        )
     )
     prom = Prometheus(tmp_path, prom_port, svc.base.removeprefix("http://"), f"127.0.0.1:{am_port}", [RULES])
     try:
@@ -160,14 +145,16 @@ def assert_inert(dom: str) -> None:
 
 def test_hostile_directory_names_page_with_evidence_and_render_inert(stack: Stack, tmp_path: Path) -> None:
     # every path open first: a baseline to be newly blocked from
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        up = stack.prom.query("exchange_path_up == 1")["data"]["result"]
-        if len(up) >= len(PORTS):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"paths never all open in Prometheus: {stack.svc.get('/api/v1/paths').text}")
+    def all_open() -> list[dict[str, Any]] | None:
+        up: list[dict[str, Any]] = stack.prom.query("exchange_path_up == 1")["data"]["result"]
+        return up if len(up) >= len(EX1_PORTS) else None
+
+    up = wait_until(
+        all_open,
+        timeout=30,
+        interval=0.5,
+        message=lambda: f"paths never all open in Prometheus: {stack.svc.get('/api/v1/paths').text}",
+    )
 
     # the label values survived the exposition and Prometheus's parser byte for byte
     labels = {(r["metric"]["source_site"], r["metric"]["target_site"]) for r in up}

@@ -1,5 +1,5 @@
-"""What every protocol probe shares: the one deadline, the classified TCP connect, bounded reads, TLS with
-certificate facts, sanitised peer text, and the single place where a conversation's end becomes an Outcome.
+"""What every protocol probe shares: the one deadline, the classified TCP connect, bounded reads, sanitised
+peer text, and the single place where a conversation's end becomes an Outcome (TLS is in `tls`).
 
 The state rule for protocol probes:
 - a network verdict (REFUSED, FILTERED, UNREACHABLE) comes only from the network: the TCP handshake's errno
@@ -15,17 +15,14 @@ The state rule for protocol probes:
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
-import ipaddress
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from exporter.engine.resolver import Resolved
 from exporter.probes import tcp
+from exporter.probes.contract import Resolved
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name
 
 #: the most any probe buffers from one peer (a line, a message, a body); StreamReader pauses at 2x this
@@ -65,6 +62,13 @@ class ProtocolError(Exception):
     """The peer answered, but not in the protocol we asked for. The message is already sanitised."""
 
 
+def tls_reason(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, for evidence (here, not in `tls`, because `converse` reports it too)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return clean(exc.verify_message)
+    return clean(exc.reason or str(exc))
+
+
 class Conversation:
     """What one probe has learnt so far, and how to turn the way it ended into an Outcome."""
 
@@ -75,6 +79,8 @@ class Conversation:
         self.rtt: float | None = None
         self.attempts = 1
         self.cert_expiry: float | None = None
+        self.healthy: bool | None = None  # a health page's own verdict, when the protocol has one
+        self.endpoints: tuple[tuple[str, int], ...] = ()  # what an RPC endpoint mapper registered
         self._details: dict[str, str] = {}
         self._streams: list[Stream] = []
 
@@ -97,6 +103,7 @@ class Conversation:
         details = dict(self._details)
         if verdict is not None:
             details["protocol"] = verdict
+        spoke = None if verdict is None else verdict == "ok" and self.healthy is not False
         return Outcome(
             state,
             self.rtt,
@@ -104,6 +111,8 @@ class Conversation:
             self.attempts,
             tuple(details.items()),
             self.cert_expiry,
+            spoke,
+            endpoints=self.endpoints if spoke else (),
         )
 
     def ok(self, evidence: str) -> Outcome:
@@ -271,189 +280,3 @@ async def connected(
     if isinstance(stream, Outcome):
         return stream
     return await talk(stream)
-
-
-# ---- TLS --------------------------------------------------------------------------------------------
-
-
-class Trust:
-    """The two client contexts a TLS probe needs, built once: one that verifies (system store, or only
-    `cafile` when given) and one that accepts anything, so an untrusted peer's certificate is still read."""
-
-    _cache: dict[str | None, Trust] = {}  # one per CA file for the whole process
-
-    def __init__(self, cafile: str | None = None) -> None:
-        self.cafile = cafile
-        self._verified: ssl.SSLContext | None = None
-        self._unverified: ssl.SSLContext | None = None
-
-    @classmethod
-    def of(cls, cafile: str | None = None) -> Trust:
-        if cafile not in cls._cache:
-            cls._cache[cafile] = cls(cafile)
-        return cls._cache[cafile]
-
-    @property
-    def verified(self) -> ssl.SSLContext:
-        if self._verified is None:
-            self._verified = ssl.create_default_context(cafile=self.cafile)
-        return self._verified
-
-    @property
-    def unverified(self) -> ssl.SSLContext:
-        if self._unverified is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            # old Exchange/DC builds still speak TLS 1.0 with SHA-1: we want to see their certificate
-            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-            self._unverified = ctx
-        return self._unverified
-
-
-def tls_reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return clean(exc.verify_message)
-    return clean(exc.reason or str(exc))
-
-
-async def start_tls(
-    conv: Conversation,
-    stream: Stream,
-    reopen: Callable[[], Awaitable[Stream | Outcome]],
-    server_name: str,
-    trust: Trust,
-) -> Stream | Outcome:
-    """TLS on `stream` (connected, and past any STARTTLS preamble). A verified handshake first; if it fails,
-    the reason goes into ("tls_verify", ...) and `reopen` brings a second stream to the same point, whose
-    handshake accepts any certificate so the certificate is still read. Expiry, name match and TLS version
-    go into `conv`."""
-    conv.step = "TLS handshake"
-    try:
-        await stream.writer.start_tls(trust.verified, server_hostname=server_name)
-        conv.note("tls_verify", "ok")
-    except ssl.SSLError as exc:
-        stream.abort()
-        conv.note("tls_verify", f"failed: {tls_reason(exc)}")
-        reopened = await reopen()
-        if isinstance(reopened, Outcome):
-            return reopened
-        stream = reopened
-        conv.step = "TLS handshake (unverified)"
-        await stream.writer.start_tls(trust.unverified, server_hostname=server_name)
-    conv.note("tls_version", stream.tls_version())
-    der = stream.peer_certificate()
-    if der:
-        facts = certificate_facts(der)
-        conv.cert_expiry = facts.not_after
-        conv.note("tls_name", "match" if facts.matches(server_name) else "mismatch")
-        if facts.names or facts.ips:
-            conv.note("cert_names", ",".join(facts.names + facts.ips))
-    return stream
-
-
-# ---- certificates: just enough DER to read the validity and the names --------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateFacts:
-    not_after: float | None
-    names: tuple[str, ...]  # subjectAltName DNS names and IPs; the subject CN when there is no SAN
-    ips: tuple[str, ...]
-
-    def matches(self, name: str) -> bool:
-        """RFC 6125 matching: exact, or one wildcard that is the whole left-most label."""
-        try:
-            ip = ipaddress.ip_address(name.strip("[]"))
-        except ValueError:
-            ip = None
-        if ip is not None:
-            return str(ip) in self.ips
-        wanted = name.lower().rstrip(".")
-        for pattern in self.names:
-            pattern = pattern.lower().rstrip(".")
-            if pattern == wanted:
-                return True
-            if pattern.startswith("*.") and "." in wanted:
-                host, rest = wanted.split(".", 1)
-                if host and rest == pattern[2:]:
-                    return True
-        return False
-
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the DER element at `pos`."""
-    tag = data[pos]
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 0 < count <= 4:
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    end = pos + length
-    if end > len(data):
-        raise ValueError("DER element overruns")
-    return tag, pos, end
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    while start < end:
-        element = _tlv(data, start)
-        out.append(element)
-        start = element[2]
-    return out
-
-
-def _der_time(tag: int, raw: bytes) -> float:
-    text = raw.decode("ascii").rstrip("Z")
-    if tag == 0x17:  # UTCTime YYMMDDHHMM[SS]Z
-        year = int(text[:2])
-        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
-    parts = (text[0:4], text[4:6], text[6:8], text[8:10], text[10:12], text[12:14] or "0")
-    return float(calendar.timegm(tuple(int(p) for p in parts)))
-
-
-_OID_SAN = bytes.fromhex("551d11")
-_OID_CN = bytes.fromhex("550403")
-
-
-def certificate_facts(der: bytes) -> CertificateFacts:
-    """Validity end and names of an X.509 certificate; a certificate we cannot read yields no facts."""
-    try:
-        _tag, start, end = _tlv(der, 0)
-        _tag, start, end = _tlv(der, start)  # tbsCertificate
-        fields = _children(der, start, end)
-        if fields and fields[0][0] == 0xA0:  # [0] version
-            fields = fields[1:]
-        validity, subject = fields[3], fields[4]
-        times = _children(der, validity[1], validity[2])
-        not_after = _der_time(times[1][0], der[times[1][1] : times[1][2]])
-        names: list[str] = []
-        ips: list[str] = []
-        for field in fields[6:]:
-            if field[0] != 0xA3:  # [3] extensions
-                continue
-            _t, s, e = _tlv(der, field[1])
-            for _et, es, ee in _children(der, s, e):
-                parts = _children(der, es, ee)
-                if der[parts[0][1] : parts[0][2]] != _OID_SAN:
-                    continue
-                _ot, os_, oe = _tlv(der, parts[-1][1])  # extnValue OCTET STRING -> GeneralNames
-                for gtag, gs, ge in _children(der, os_, oe):
-                    if gtag == 0x82:
-                        names.append(der[gs:ge].decode("ascii", "replace"))
-                    elif gtag == 0x87:
-                        ips.append(str(ipaddress.ip_address(der[gs:ge])))
-        if not names and not ips:
-            for _st, ss, se in _children(der, subject[1], subject[2]):
-                for _at, as_, ae in _children(der, ss, se):
-                    oid, value = _children(der, as_, ae)[:2]
-                    if der[oid[1] : oid[2]] == _OID_CN:
-                        names.append(der[value[1] : value[2]].decode("utf-8", "replace"))
-        return CertificateFacts(not_after, tuple(clean(n, 100) for n in names[:20]), tuple(ips[:20]))
-    except (ValueError, IndexError, UnicodeError):
-        return CertificateFacts(None, (), ())

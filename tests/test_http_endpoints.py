@@ -1,13 +1,9 @@
-"""The service as a real uvicorn process on loopback: endpoints, promtool-clean exposition, CLI codes."""
+"""The service as a real uvicorn process on loopback: its HTTP endpoints, a promtool-clean exposition, and a
+prompt stop on SIGTERM."""
 
 from __future__ import annotations
 
 import gzip
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,44 +11,26 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Listeners
-from tests.lab.service import Service, start_service
-from tests.test_engine import loopback_org, run_check
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        raise RuntimeError("promtool is missing: `make test` installs Debian's prometheus package")
-    return tool
+from tests.lab.metrics import metric_families, promtool_check_metrics
+from tests.lab.organisations import EX1_PORTS, loopback_org
+from tests.lab.service import Service, serve_args, start_service
 
 
 @pytest.fixture
 def service(tmp_path: Path, listeners: Listeners) -> Iterator[Service]:
     inv = loopback_org("127.0.33.", servers=2)
     # EX1 answers on every port but 2525; EX2 and the DC answer nothing (refused)
-    for port in (25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 64337):
-        listeners.open("127.0.33.1", port)
+    for port in EX1_PORTS:
+        if port != 2525:
+            listeners.open("127.0.33.1", port)
     file = tmp_path / "inv.yaml"
     file.write_text(yaml.safe_dump(inv))
     svc = start_service(
-        [
-            "serve",
-            "--inventory",
-            str(file),
-            "--source",
-            "observer.test",
-            "--interval",
-            "2",
-            "--timeout",
-            "0.5",
-            "--state-file",
-            str(tmp_path / "state.sqlite"),
-        ]
+        serve_args(
+            file, source="observer.test", interval=2, timeout=0.5, state_file=tmp_path / "state.sqlite"
+        )
     )
     yield svc
     svc.proc.terminate()
@@ -63,11 +41,8 @@ def test_metrics_pass_promtool_and_carry_each_paths_state(service: Service) -> N
     response = service.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    lint = subprocess.run(
-        [promtool(), "check", "metrics"], input=response.text, capture_output=True, text=True
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    promtool_check_metrics(response.text)
+    families = metric_families(response.text)
     up = {(s.labels["target"], s.labels["port"]): s.value for s in families["exchange_path_up"].samples}
     assert up[("ex1.loop.test", "443")] == 1.0
     assert up[("ex1.loop.test", "2525")] == 0.0
@@ -149,45 +124,3 @@ def test_sigterm_stops_the_service_promptly(service: Service) -> None:
     service.proc.terminate()
     assert service.proc.wait(10) == 0
     assert time.monotonic() - started < 8
-
-
-def test_check_exit_codes(tmp_path: Path, listeners: Listeners) -> None:
-    inv = loopback_org("127.0.34.", servers=1)
-    inv["domain_controllers"] = []
-    ports = {25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337}
-    for port in ports:
-        listeners.open("127.0.34.1", port)
-    # the only member is the target; an observer with everything open exits 0
-    ok = run_check(inv, tmp_path)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert {r["port"] for r in json.loads(ok.stdout)} == ports
-    listeners.close()
-    bad = run_check(inv, tmp_path)
-    assert bad.returncode == 1
-    assert {r["state"] for r in json.loads(bad.stdout)} == {"refused"}
-    (tmp_path / "broken.yaml").write_text("organisation: x\nservers: [{name: a}]\n")
-    broken = subprocess.run(
-        [sys.executable, "-m", "exporter", "check", "--inventory", str(tmp_path / "broken.yaml")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert broken.returncode == 2
-    assert "servers[0] (a).fqdn: Field required" in broken.stderr
-
-
-def test_check_csv_and_table_outputs(tmp_path: Path, listeners: Listeners) -> None:
-    inv = loopback_org("127.0.35.", servers=1)
-    csv_out = run_check(inv, tmp_path, "--output", "csv")
-    header = csv_out.stdout.splitlines()[0].split(",")
-    assert header[:4] == ["source", "source_site", "target", "target_site"] and "evidence" in header
-    file = tmp_path / "inventory.yaml"
-    table = subprocess.run(
-        [sys.executable, "-m", "exporter", "check", "--inventory", str(file), "--source", "o"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert "ex1.loop.test (mailbox, site S): 0/14 open" in table.stdout
-    assert "required path(s) NOT open" in table.stdout

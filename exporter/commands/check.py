@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import json
 import sys
 from typing import Any
 
-from exporter.cli import inventory_and_plan
+from exporter import demo
+from exporter.compose import inventory_and_plan
+from exporter.engine.prober import new_loop, targets_of
+from exporter.engine.scheduler import Engine
+from exporter.outputs.api import path_view
 from exporter.probes import registry
+from exporter.settings import Settings
+from exporter.state.recorder import Recorder
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from exporter import demo as demo_org
-    from exporter.engine.scheduler import Engine
-    from exporter.outputs.api import path_view
-    from exporter.outputs.pathtable import PathTable
-    from exporter.prober import new_loop, targets_of
-
-    is_demo = not args.inventory
-    inventory, source, paths = inventory_and_plan(args, is_demo)
+def run_check(settings: Settings) -> int:
+    _watcher, inventory, source, paths = inventory_and_plan(settings)
     listeners = None
-    if is_demo:
-        listeners = demo_org.DemoListeners(paths)
+    if settings.inventory.demo:
+        listeners = demo.DemoListeners(paths)
         listeners.start()
-    table = PathTable(paths)
+    recorder = Recorder()
+    recorder.begin_plan(paths)
+    probe = settings.probe
     engine = Engine(
         targets_of(paths),
-        table,
-        timeout=args.timeout,
-        attempts=args.attempts,
-        max_concurrency=args.max_concurrency,
-        checks=registry.checks(cafile=args.probe_ca_file),
+        recorder,
+        timeout=probe.timeout,
+        attempts=probe.attempts,
+        max_concurrency=probe.max_concurrency,
+        checks=registry.checks(cafile=settings.probe_ca_file),
         once=True,
-        tick=0.02,
+        tick=probe.tick,
         seed=source,
     )
     loop = new_loop()
     try:
-        if args.output == "table" and sys.stderr.isatty():
+        if settings.output == "table" and sys.stderr.isatty():
             _run_with_progress(loop, engine, len(paths))
         else:
             loop.run_until_complete(engine.run())
@@ -48,11 +48,11 @@ def run_check(args: argparse.Namespace) -> int:
         loop.close()
         if listeners is not None:
             listeners.stop()
-    rows = [path_view(path, result) for path, result in table.items()]
-    if args.output == "json":
+    rows = [path_view(path, result) for path, result in recorder.table.items()]
+    if settings.output == "json":
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif args.output == "csv":
+    elif settings.output == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["source"])
         writer.writeheader()
         writer.writerows(rows)

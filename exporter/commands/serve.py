@@ -1,0 +1,84 @@
+"""`serve` and `demo`: run the agent and serve /metrics, the API and the matrix page until a signal."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from exporter.compose import build_agent
+from exporter.settings import Settings
+
+log = logging.getLogger("exporter")
+
+
+def run_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from exporter.outputs.app import create_app
+    from exporter.outputs.webconfig import BasicAuth, load_web_config
+
+    web_settings = settings.web
+    assert web_settings is not None, "serve and demo have web settings"
+    web = load_web_config(web_settings.config_file) if web_settings.config_file else None
+    agent = build_agent(settings)
+    app: Any = create_app(
+        agent,
+        agent.exposition,
+        mesh_settings=settings.mesh,
+        planner=agent.planner,
+        api_rate=web_settings.api_rate,
+    )
+    tls_kwargs: dict[str, Any] = {}
+    if web is not None:
+        if web.basic_auth:
+            app = BasicAuth(app, web.users)
+        if web.tls is not None:
+            tls_kwargs = web.tls.uvicorn_kwargs()
+    config = uvicorn.Config(
+        app,
+        host=web_settings.host,
+        port=web_settings.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        **tls_kwargs,
+    )
+    if web is not None and web.tls is not None:
+        config.load()
+        assert config.ssl is not None
+        config.ssl.minimum_version = web.tls.min_version
+    server = _graceful_server_class()(config)
+    agent.start()
+    log.info("listening on %s:%d", web_settings.host, web_settings.port)
+    try:
+        server.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its shutdown, which would kill us before our own cleanup
+        (stopping the prober, flushing state) runs; here the signal only asks for a graceful exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer

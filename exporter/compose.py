@@ -1,0 +1,255 @@
+"""The composition root: settings in, a running agent out. The only module that knows every stage.
+
+It selects the inventory source, plans, and wires the pipeline: prober -> recorder (tracker, results,
+exposition) -> the outputs' read-only view. Components start in order and stop in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exporter import demo
+from exporter.engine.prober import Prober
+from exporter.engine.scheduler import EngineStats
+from exporter.inventory.model import Inventory
+from exporter.inventory.sources import DirectorySource, FileSource, InventorySource, InventoryWatcher
+from exporter.outputs.exposition import PathExposition
+from exporter.outputs.view import InventoryHealth, StateView
+from exporter.plan.planner import NetworkPath, plan, shard
+from exporter.probes import registry
+from exporter.settings import InventorySettings, PlanSettings, Settings
+from exporter.state.baseline import Baseline
+from exporter.state.recorder import Recorder, Upkeep
+from exporter.state.results import ResultTable
+from exporter.state.status import Status, Transition
+from exporter.state.tracker import Tracker, Verdict
+
+#: checks this build can run; the planner leaves out catalogue rows whose check is not here
+AVAILABLE_CHECKS = frozenset({"tcp", *registry.CHECKS})
+
+log = logging.getLogger("exporter")
+
+
+class Component(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def inventory_source(settings: InventorySettings) -> InventorySource:
+    """The one place that decides where the inventory comes from."""
+    if settings.file:
+        return FileSource(settings.file, settings.reload_interval)
+    if settings.directory is not None:
+        return DirectorySource(settings.directory, settings.discovery_interval)
+    return demo.DemoSource()
+
+
+def identity(settings: Settings) -> str:
+    """This agent's --source: given, else the demo's observer, else this host's FQDN."""
+    if settings.plan.source:
+        return settings.plan.source
+    return demo.DEMO_SOURCE if settings.inventory.demo else socket.getfqdn()
+
+
+def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], list[NetworkPath]]:
+    def planner(inventory: Inventory) -> list[NetworkPath]:
+        paths = plan(
+            inventory,
+            source,
+            vantage=settings.vantage,
+            checks=AVAILABLE_CHECKS,
+            connect_only=settings.connect_only,
+            optional_services=settings.optional_services,
+            source_site=settings.source_site,
+        )
+        return shard(paths, *settings.shard) if settings.shard else paths
+
+    return planner
+
+
+def read_inventory(settings: Settings) -> InventoryWatcher:
+    """The inventory source, read once. A file that does not load stops the run (ConfigError, exit 2); a
+    directory that cannot be read yet leaves the watcher without an inventory (it keeps trying)."""
+    watcher = InventoryWatcher(inventory_source(settings.inventory))
+    watcher.read_once(strict=watcher.kind != "ldap")
+    return watcher
+
+
+def inventory_and_plan(settings: Settings) -> tuple[InventoryWatcher, Inventory, str, list[NetworkPath]]:
+    """What `serve` and `check` both start from: the inventory, this agent's identity and its plan."""
+    watcher = read_inventory(settings)
+    # no inventory yet (AD unreachable at start): probe nothing, say so, and keep trying
+    inventory = watcher.inventory or Inventory("(discovery pending)", source="ldap")
+    source = identity(settings)
+    return watcher, inventory, source, planner_for(settings.plan, source)(inventory)
+
+
+class _Closing:
+    """A baseline as a component (it is closed, not stopped)."""
+
+    def __init__(self, store: Baseline) -> None:
+        self.store = store
+
+    def start(self) -> None:
+        self.store.start()
+
+    def stop(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class _TrackedState:
+    """The StateView of a tracker, with the verdicts the upkeep thread keeps fresh."""
+
+    tracker: Tracker
+    upkeep: Upkeep
+
+    def verdicts(self, fresh: bool = False) -> dict[str, Verdict]:
+        return self.tracker.verdicts() if fresh else self.upkeep.verdicts()
+
+    def verdict(self) -> Verdict:
+        return self.tracker.verdict()
+
+    def changes(self, since: float, limit: int) -> list[Transition]:
+        return self.tracker.changes(since, limit)
+
+    def transition_counts(self) -> dict[tuple[Status, Status], int]:
+        return self.tracker.transition_counts()
+
+    @property
+    def store_healthy(self) -> bool:
+        return self.tracker.store.healthy
+
+
+@dataclass
+class Agent:
+    """One running agent: its components, and the read-only view the outputs get (AgentView)."""
+
+    settings: Settings
+    prober: Prober
+    recorder: Recorder
+    exposition: PathExposition
+    watcher: InventoryWatcher
+    planner: Callable[[Inventory, str], list[NetworkPath]]
+    state: StateView | None = None
+    components: list[Component] = field(default_factory=list)
+
+    # ---- AgentView ---------------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self.prober.source
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.prober.inventory
+
+    @property
+    def interval(self) -> float:
+        return self.prober.settings.interval
+
+    @property
+    def table(self) -> ResultTable:
+        return self.recorder.table
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.prober.stats
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.prober.concurrency_limit
+
+    @property
+    def ready(self) -> bool:
+        return self.recorder.ready
+
+    @property
+    def inventory_health(self) -> InventoryHealth | None:
+        watching = self.watcher.kind == "ldap" or (self.watcher.kind == "file" and self.watcher.interval > 0)
+        return self.watcher if watching else None
+
+    # ---- life ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for component in self.components:
+            component.start()
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+
+
+def build_agent(settings: Settings) -> Agent:
+    """Wire one agent from its settings (nothing runs until `start()`)."""
+    assert settings.state is not None, "serve and demo have state settings"
+    watcher, inventory, source, paths = inventory_and_plan(settings)
+    components: list[Component] = []
+    if settings.inventory.demo:
+        listeners = demo.DemoListeners(paths, break_after=settings.demo_break_after)
+        components.append(listeners)
+        log.info(
+            "demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",
+            len(listeners.endpoints),
+            *demo.CLOSED,
+        )
+    store = Baseline(settings.state.state_file)
+    components.append(_Closing(store))
+    tracker = Tracker(
+        store,
+        k=settings.state.block_after,
+        recover=settings.state.recover_after,
+        retention=settings.state.retention_seconds,
+    )
+    log.info("baseline: %s", settings.state.state_file or "in memory")
+    exposition = PathExposition()
+    recorder = Recorder(tracker, [exposition])
+    prober = Prober(
+        inventory,
+        paths,
+        settings.probe,
+        source=source,
+        sink=recorder,
+        checks=registry.checks(cafile=settings.probe_ca_file),
+    )
+    upkeep = Upkeep(tracker)
+    components += [prober, upkeep]
+    planner = planner_for(settings.plan, source)
+
+    def apply(new: Inventory) -> None:
+        new_paths = planner(new)
+        prober.replace_plan(new, new_paths)
+        log.info(
+            "inventory %s: %d servers, %d DCs, %d paths",
+            "refreshed" if watcher.kind == "ldap" else "reloaded",
+            len(new.servers),
+            len(new.domain_controllers),
+            len(new_paths),
+        )
+
+    watcher.on_inventory = apply
+    components.append(watcher)
+    log.info(
+        "source %s: %d paths to %d members, every %gs, up to %d in flight",
+        source,
+        len(paths),
+        sum(1 for _ in inventory.members()),
+        settings.probe.interval,
+        prober.concurrency_limit,
+    )
+    return Agent(
+        settings,
+        prober,
+        recorder,
+        exposition,
+        watcher,
+        lambda inv, who: planner_for(settings.plan, who)(inv),
+        _TrackedState(tracker, upkeep),
+        components,
+    )

@@ -1,0 +1,113 @@
+"""Where probe results land: hysteresis first, then the results table, then every listener (the exposition).
+
+`Recorder` is the prober's sink (`begin_plan`, `record`); `Upkeep` is the state's own background work
+(verdicts recomputed every few seconds, departed paths aged out), so that neither a scrape nor a probe
+ever waits for an O(paths) pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from exporter.plan.planner import NetworkPath
+from exporter.probes.outcome import Outcome, State
+from exporter.state.results import ResultListener, ResultTable
+from exporter.state.status import Status
+from exporter.state.tracker import Tracker, Verdict
+
+log = logging.getLogger(__name__)
+
+EXPIRE_EVERY = 60.0
+VERDICT_EVERY = 5.0
+
+
+class Recorder:
+    """The sink of one agent's probing. Called on the prober's thread; readers use `table`."""
+
+    def __init__(self, tracker: Tracker | None = None, listeners: Sequence[ResultListener] = ()) -> None:
+        self.tracker = tracker
+        self.listeners = tuple(listeners)
+        self.table = ResultTable([])
+
+    def begin_plan(self, paths: Sequence[NetworkPath]) -> None:
+        """A new plan: its table carries the results of the paths it keeps; paths never probed in this
+        process show their remembered status (so a restart does not make a blocked path's series vanish
+        and its page resolve and fire again)."""
+        table = ResultTable(paths, previous=self.table)
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.set_plan(table.paths)
+            for index in range(len(table)):
+                table.seed(index, tracker.view(index))
+        for listener in self.listeners:
+            listener.attach(table)
+        self.table = table
+
+    def record(self, index: int, outcome: Outcome, wall: float) -> bool:
+        """Fold one outcome in; True when the path should be confirmed soon (it just stopped answering,
+        or a blocked path answered)."""
+        tracker = self.tracker
+        status = None
+        if tracker is not None:
+            tracker.observe(index, outcome, wall)
+            status = tracker.view(index)
+        result = self.table.record(index, outcome, wall, status)
+        for listener in self.listeners:
+            listener.recorded(index, result)
+        if status is None or tracker is None:
+            return False
+        return (
+            status.status is Status.OPEN
+            and outcome.state.is_block
+            and status.consecutive_non_open < tracker.k
+        ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
+
+    @property
+    def ready(self) -> bool:
+        """True once every planned path has a result (carried over from an earlier plan or new)."""
+        table = self.table
+        return table.probed >= len(table)
+
+
+class Upkeep:
+    """Verdicts recomputed every VERDICT_EVERY seconds and departed paths expired every EXPIRE_EVERY, on a
+    thread of their own."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._verdicts: dict[str, Verdict] | None = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """The last computed verdict of each source (computed now if none was yet)."""
+        cached = self._verdicts
+        if cached is None:
+            cached = self._verdicts = self.tracker.verdicts()
+        return cached
+
+    def _run(self) -> None:
+        since_expiry = 0.0
+        while not self._stopped.wait(VERDICT_EVERY):
+            try:
+                self._verdicts = self.tracker.verdicts()
+            except Exception:
+                log.exception("computing the verdicts failed")
+            since_expiry += VERDICT_EVERY
+            if since_expiry >= EXPIRE_EVERY:
+                since_expiry = 0.0
+                try:
+                    self.tracker.expire()
+                except Exception:
+                    log.exception("expiring departed paths failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="state-upkeep", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
