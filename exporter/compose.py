@@ -1,7 +1,7 @@
 """The composition root: settings in, a running agent out. The only module that knows every stage.
 
-It selects the inventory source, plans, and wires the pipeline: prober -> recorder (tracker, results,
-exposition) -> the outputs' read-only view. Components start in order and stop in reverse.
+It reads the inventory source the settings chose, plans, and wires the pipeline: prober -> recorder
+(tracker, results, exposition) -> the outputs' read-only view. Components start in order, stop in reverse.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from exporter import demo
 from exporter.engine.prober import Prober
 from exporter.engine.scheduler import EngineStats
 from exporter.inventory.model import Inventory
-from exporter.inventory.sources import DirectorySource, FileSource, InventorySource, InventoryWatcher
+from exporter.inventory.sources import InventoryWatcher
 from exporter.outputs.exposition import PathExposition
 from exporter.outputs.view import InventoryHealth, StateView
 from exporter.plan.planner import NetworkPath, plan, shard
 from exporter.probes import registry
-from exporter.settings import InventorySettings, PlanSettings, Settings
+from exporter.settings import PlanSettings, Settings
 from exporter.state.baseline import Baseline
 from exporter.state.recorder import Recorder, Upkeep
 from exporter.state.results import ResultTable
@@ -38,15 +38,6 @@ class Component(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def inventory_source(settings: InventorySettings) -> InventorySource:
-    """The one place that decides where the inventory comes from."""
-    if settings.file:
-        return FileSource(settings.file, settings.reload_interval)
-    if settings.directory is not None:
-        return DirectorySource(settings.directory, settings.discovery_interval)
-    return demo.DemoSource()
 
 
 def identity(settings: Settings) -> str:
@@ -75,7 +66,7 @@ def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], li
 def read_inventory(settings: Settings) -> InventoryWatcher:
     """The inventory source, read once. A file that does not load stops the run (ConfigError, exit 2); a
     directory that cannot be read yet leaves the watcher without an inventory (it keeps trying)."""
-    watcher = InventoryWatcher(inventory_source(settings.inventory))
+    watcher = InventoryWatcher(settings.inventory.source())
     watcher.read_once(strict=watcher.kind != "ldap")
     return watcher
 

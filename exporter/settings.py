@@ -12,10 +12,12 @@ import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from exporter.demo import DemoSource
 from exporter.engine.prober import ProbeSettings
 from exporter.errors import ConfigError
 from exporter.inventory import dns_srv
 from exporter.inventory.ldap_settings import LdapSettings, read_password
+from exporter.inventory.sources import DirectorySource, FileSource, InventorySource
 from exporter.outputs.mesh import MeshSettings
 from exporter.plan.planner import Vantage, parse_shard
 
@@ -43,6 +45,14 @@ class InventorySettings:
     demo: bool = False
     reload_interval: float = 10.0  # the file is checked this often (0: never)
     discovery_interval: float = 900.0  # AD is read again this often
+
+    def source(self) -> InventorySource:
+        """The one place that decides where the inventory comes from."""
+        if self.file:
+            return FileSource(self.file, self.reload_interval)
+        if self.directory is not None:
+            return DirectorySource(self.directory, self.discovery_interval)
+        return DemoSource()
 
 
 @dataclass(frozen=True)

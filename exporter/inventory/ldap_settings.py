@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 
 from exporter.errors import ConfigError
 
-# the logger read_password has always warned on (log lines name it), from before the settings moved here
-log = logging.getLogger("exporter.inventory.ldap")
+log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EXFW_BIND_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 DEFAULT_PAGE_SIZE = 500

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from exporter.errors import ConfigError
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
 from exporter.state.baseline import Baseline
@@ -91,11 +90,6 @@ class Tracker:
         recovered_for: float = DEFAULT_RECOVERED_FOR,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if k < 1 or recover < 1:
-            raise ConfigError(
-                f"hysteresis needs at least one probe each way (k={k}, recover={recover})",
-                fix="set the block and recover probe counts to 1 or more",
-            )
         self.store = store if store is not None else Baseline(None)
         self.k = k
         self.recover = recover

@@ -1,0 +1,70 @@
+"""Every flag is checked in one place before anything starts: exit 2, the flag named, the fix given."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from exporter.cli import main
+from exporter.flags import build_parser
+from exporter.settings import from_args
+from tests.lab.organisations import GOOD
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["serve", "--timeout", "0"], "--timeout"),
+        (["serve", "--interval", "-1"], "--interval"),
+        (["serve", "--attempts", "0"], "--attempts"),
+        (["serve", "--max-concurrency", "0"], "--max-concurrency"),
+        (["serve", "--block-after", "0"], "--block-after"),
+        (["serve", "--recover-after", "0"], "--recover-after"),
+        (["serve", "--retention-days", "0"], "--retention-days"),
+        (["serve", "--confirm-delay", "-1"], "--confirm-delay"),
+        (["serve", "--inventory-reload-interval", "-5"], "--inventory-reload-interval"),
+        (["serve", "--discovery-interval", "0"], "--discovery-interval"),
+        (["serve", "--web.api-rate-limit", "0"], "--web.api-rate-limit"),
+        (["serve", "--web.listen-address", "nonsense"], "--web.listen-address"),
+        (["serve", "--shard", "3/2"], "--shard"),
+        (["serve", "--mesh-port", "70000"], "--mesh-port"),
+        (["demo", "--demo-break-after", "0"], "--demo-break-after"),
+        (["check", "--timeout", "-2"], "--timeout"),
+        (["check", "--ldap-url", "ldaps://dc1.example.test", "--ldap-timeout", "0"], "--ldap-timeout"),
+    ],
+)
+def test_a_bad_value_exits_2_naming_the_flag_and_the_fix(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--state-file", ""] if argv[0] != "check" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} ") and "(fix: " in err
+
+
+def test_good_flags_become_one_frozen_settings_object(tmp_path: pathlib.Path) -> None:
+    inventory = tmp_path / "org.yaml"
+    inventory.write_text(GOOD)
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--inventory",
+            str(inventory),
+            "--source",
+            "ex01.contoso.com",
+            "--state-file",
+            "",
+            "--shard",
+            "2/3",
+        ]
+    )
+    settings = from_args(args, environ={})
+    assert settings.command == "serve" and settings.inventory.file == str(inventory)
+    assert settings.inventory.demo is False and settings.inventory.directory is None
+    assert settings.plan.shard == (2, 3) and settings.plan.source == "ex01.contoso.com"
+    assert settings.state is not None and settings.state.state_file is None  # '' keeps it in memory
+    assert settings.web is not None and (settings.web.host, settings.web.port) == ("0.0.0.0", 10135)
+    assert settings.inventory.source().kind == "file"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.command = "check"  # type: ignore[misc]
