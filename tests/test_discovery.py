@@ -422,7 +422,11 @@ def test_a_bug_in_discovery_is_counted_and_keeps_the_inventory() -> None:
             raise KeyError("surprise")
 
     refresher = InventoryWatcher(
-        Broken(LdapSettings(urls=("ldaps://dc.invalid",)), interval=60), clock=FakeClock(5.0)
+        Broken(
+            LdapSettings(urls=("ldaps://dc.invalid",), bind_user="u@x.test", password=Secret("p")),
+            interval=60,
+        ),
+        clock=FakeClock(5.0),
     )
     assert refresher.read_once() is False
     assert refresher.inventory is None
