@@ -7,8 +7,26 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.loops import LOOPS
 from tests.lab.netns import RoutedLab
 from tests.lab.samba import SambaDC, SambaLab
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "all_loops: run the async test on every event loop of tests/lab/loops")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> object:
+    """Async tests marked all_loops run once per loop (uvloop, selector, the Proactor stand-in)."""
+    if item.get_closest_marker("all_loops") is None:
+        return None
+    return LOOPS
+
+
+@pytest.fixture(params=list(LOOPS))
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """For synchronous tests that run their own loop: each of the three loops in turn."""
+    return str(request.param)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

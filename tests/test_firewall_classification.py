@@ -1,4 +1,5 @@
-"""What each firewall action looks like to the prober, through a real router namespace with nftables."""
+"""What each firewall action looks like to the prober, through a real router namespace with nftables, on
+each of the three event loops (uvloop, the selector loop, and the Proactor's API without fd callbacks)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from exporter.engine.scheduler import Engine
 from exporter.probes.contract import Target
 from exporter.probes.outcome import Outcome, State
 from exporter.probes.tcp import probe_tcp
+from tests.lab.loops import run_on
 from tests.lab.netns import RoutedLab
 
 pytestmark = pytest.mark.netns
@@ -32,11 +34,13 @@ ATTEMPT_TIMEOUT = 1.3
 
 
 def run_once(
-    targets: list[Target], timeout: float = ATTEMPT_TIMEOUT, attempts: int = 3
+    targets: list[Target], loop_kind: str, timeout: float = ATTEMPT_TIMEOUT, attempts: int = 3
 ) -> dict[int, Outcome]:
     sink = Collect()
     engine = Engine(targets, sink, timeout=timeout, attempts=attempts, once=True, tick=0.02)
-    asyncio.run(engine.run())
+    run_on(loop_kind, engine.run())
+    # the connect path the loop allows: callbacks where it has fd callbacks, sock_connect tasks where not
+    assert engine._fd_callbacks is (loop_kind != "no-fd-callbacks")
     return sink.outcomes
 
 
@@ -65,13 +69,13 @@ FIREWALL = [
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_each_firewall_action_reads_as_its_own_state(lab: RoutedLab, family: str) -> None:
+def test_each_firewall_action_reads_as_its_own_state(lab: RoutedLab, family: str, loop_kind: str) -> None:
     for _port, rule, *_ in FIREWALL:
         if rule:
             lab.block(rule)
     address = lab.dst4 if family == "ipv4" else lab.dst6
     targets = [Target(address, port) for port, *_ in FIREWALL]
-    outcomes = run_once(targets)
+    outcomes = run_once(targets, loop_kind)
     got = {targets[i].port: (o.state, o.evidence) for i, o in outcomes.items()}
     want = {port: (state, ev4 if family == "ipv4" else ev6) for port, _rule, state, ev4, ev6 in FIREWALL}
     assert got == want
@@ -80,15 +84,15 @@ def test_each_firewall_action_reads_as_its_own_state(lab: RoutedLab, family: str
     assert outcomes[0].attempts == 1 and outcomes[2].attempts == 1
 
 
-def test_drop_rule_reads_as_filtered_with_the_coroutine_probe(lab: RoutedLab) -> None:
+def test_drop_rule_reads_as_filtered_with_the_coroutine_probe(lab: RoutedLab, loop_kind: str) -> None:
     lab.block("tcp dport 8002 drop")
-    outcome = asyncio.run(probe_tcp((lab.dst4, 8002), socket.AF_INET, timeout=0.3, attempts=3))
+    outcome = run_on(loop_kind, probe_tcp((lab.dst4, 8002), socket.AF_INET, timeout=0.3, attempts=3))
     assert (outcome.state, outcome.attempts) == (State.FILTERED, 3)
-    open_outcome = asyncio.run(probe_tcp((lab.dst4, 8001), socket.AF_INET, timeout=0.3))
+    open_outcome = run_on(loop_kind, probe_tcp((lab.dst4, 8001), socket.AF_INET, timeout=0.3))
     assert open_outcome.state is State.OPEN and open_outcome.rtt is not None
 
 
-def test_a_silent_first_attempt_then_an_answer_is_not_filtered(lab: RoutedLab) -> None:
+def test_a_silent_first_attempt_then_an_answer_is_not_filtered(lab: RoutedLab, loop_kind: str) -> None:
     """PortQry semantics: one lost SYN is not a block. The drop is lifted during the second attempt."""
     lab.block("tcp dport 8001 drop")
 
@@ -101,6 +105,6 @@ def test_a_silent_first_attempt_then_an_answer_is_not_filtered(lab: RoutedLab) -
         await runner
         return sink.outcomes
 
-    outcome = asyncio.run(scenario())[0]
+    outcome = run_on(loop_kind, scenario())[0]
     assert outcome.state is State.OPEN
     assert outcome.attempts in (2, 3)

@@ -19,7 +19,7 @@ from exporter.probes.outcome import State
 from tests.lab.netns import RoutedLab
 from tests.lab.samba_probe_dc import DC_FQDN, ProbeDC
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.all_loops]  # async tests run on each of the three loops
 
 TIMEOUT, ATTEMPTS = 0.4, 2
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from exporter import demo
 from exporter.compose import inventory_and_plan
-from exporter.engine.prober import new_loop, targets_of
+from exporter.engine.host import new_loop
+from exporter.engine.prober import targets_of
 from exporter.engine.scheduler import Engine
 from exporter.outputs.api import path_view
 from exporter.probes import registry

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.engine.host import new_loop
 from exporter.engine.scheduler import Engine, EngineStats
 from exporter.inventory.model import Inventory
 from exporter.plan.planner import NetworkPath, dynamic_rpc_paths
@@ -43,16 +44,6 @@ class PlanSink(Protocol):
 
     def record(self, index: int, outcome: Outcome, wall: float) -> bool | None:
         """True asks for a quick confirmation probe of the path."""
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS), else asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def targets_of(paths: Sequence[NetworkPath]) -> list[Target]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import random
-import resource
 import socket
 import time
 from collections import deque
@@ -25,27 +25,18 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from exporter.engine.host import default_concurrency, has_fd_callbacks
 from exporter.engine.resolver import Resolver
 from exporter.probes import tcp
 from exporter.probes.contract import Check, Resolved, ResolveFailure, Target
-from exporter.probes.outcome import IN_PROGRESS, Outcome, State, errno_name
+from exporter.probes.outcome import IN_PROGRESS, Outcome, State, errno_name, os_error_code
 
 log = logging.getLogger(__name__)
-
-FD_RESERVE = 64  # fds kept free for the HTTP server, logs, the state file
 
 
 class Sink(Protocol):
     def record(self, index: int, outcome: Outcome, wall: float) -> bool | None:
         """Take path `index`'s outcome; True asks for a confirmation probe soon (see `confirm_delay`)."""
-
-
-def default_concurrency() -> int:
-    """How many probes may be in flight: the fd soft limit less a reserve, at least 1."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    return max(1, min(int(soft) - FD_RESERVE, 16384))
 
 
 @dataclass(slots=True)
@@ -59,6 +50,7 @@ class _Attempt:
     done: bool = False
     resolved: Resolved | None = None
     extra: bool = False  # an out-of-schedule confirmation probe: not counted in the lag
+    task: asyncio.Future[None] | None = None  # the connect, on a loop without fd callbacks
 
 
 @dataclass
@@ -120,6 +112,7 @@ class Engine:
         self._extra: list[tuple[float, int]] = []
         self._extra_pending: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd_callbacks = True  # decided per loop in run()
         self._handle: asyncio.TimerHandle | None = None
         self._finished: asyncio.Future[None] | None = None
         self._stopping = False
@@ -138,6 +131,7 @@ class Engine:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._fd_callbacks = has_fd_callbacks(loop)
         self._finished = loop.create_future()
         self.stats.started_at = self.stats.started_at or time.time()
         self._cycle_start = time.monotonic()
@@ -255,7 +249,7 @@ class Engine:
             sock = tcp.open_socket(resolved.family)
         except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: ours, not the network's
             self._finish(
-                attempt, Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt.attempt)
+                attempt, Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt.attempt)
             )
             return
         started = time.monotonic()
@@ -264,6 +258,9 @@ class Engine:
             sockaddr = (resolved.host, target.port, 0, 0)
         else:
             sockaddr = (resolved.host, target.port)
+        if not self._fd_callbacks:
+            self._start_connect_task(attempt, sock, sockaddr, started)
+            return
         code = tcp.start_connect(sock, sockaddr)
         if code in IN_PROGRESS:
             attempt.sock = sock
@@ -282,6 +279,41 @@ class Engine:
         sock.close()
         self._finish(attempt, tcp.outcome_of(code, time.monotonic() - started, attempt.attempt))
 
+    def _start_connect_task(
+        self, attempt: _Attempt, sock: socket.socket, sockaddr: tcp.SockAddr, started: float
+    ) -> None:
+        """The connect as a task of `loop.sock_connect` (ConnectEx on Windows' Proactor), for loops that
+        offer no fd callbacks. Deadlines, retries and classification stay the callback path's: the attempt
+        sits in the same deadline queue, and expiry cancels the task. The socket is closed only once the
+        task has finished, after the loop let go of it (its fd number cannot be reused under a live
+        registration)."""
+        assert self._loop is not None
+        attempt.sock = sock
+        attempt.started = started
+        attempt.deadline = started + self.timeout
+        task = asyncio.ensure_future(self._loop.sock_connect(sock, sockaddr))
+        attempt.task = task
+        task.add_done_callback(functools.partial(self._on_connected, attempt, sock))
+        self.stats.in_flight += 1
+        self._inflight.append(attempt)
+
+    def _on_connected(self, attempt: _Attempt, sock: socket.socket, task: asyncio.Future[None]) -> None:
+        sock.close()
+        if attempt.done or task.cancelled():
+            return  # expired (or the engine stopped): already accounted for
+        rtt = time.monotonic() - attempt.started
+        exc = task.exception()
+        self._release(attempt)
+        if exc is None:
+            outcome = tcp.outcome_of(0, rtt, attempt.attempt)
+        elif isinstance(exc, OSError):
+            outcome = tcp.outcome_of(os_error_code(exc) or -1, rtt, attempt.attempt)
+        else:
+            outcome = Outcome(State.LOCAL_ERROR, rtt, f"connect: {type(exc).__name__}", attempt.attempt)
+        self._finish(attempt, outcome)
+        if self.once:
+            self._launch_due(time.monotonic())
+
     def _on_writable(self, attempt: _Attempt) -> None:
         if attempt.done or attempt.sock is None:
             return
@@ -295,9 +327,13 @@ class Engine:
     def _release(self, attempt: _Attempt) -> None:
         assert self._loop is not None and attempt.sock is not None
         attempt.done = True
-        with contextlib.suppress(Exception):
-            self._loop.remove_writer(attempt.sock.fileno())
-        attempt.sock.close()
+        if attempt.task is not None:
+            attempt.task.cancel()  # its done callback closes the socket
+            attempt.task = None
+        else:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(attempt.sock.fileno())
+            attempt.sock.close()
         attempt.sock = None
         self.stats.in_flight -= 1
 

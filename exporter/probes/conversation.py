@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from exporter.probes import tcp
 from exporter.probes.contract import Resolved
-from exporter.probes.outcome import Outcome, State, classify_errno, errno_name
+from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
 #: the most any probe buffers from one peer (a line, a message, a body); StreamReader pauses at 2x this
 MAX_READ = 64 * 1024
@@ -157,7 +157,7 @@ async def _converse(
     except ssl.SSLError as exc:
         return conv.bad(f"TLS failed ({conv.step}): {tls_reason(exc)}")
     except OSError as exc:
-        code = exc.errno or 0
+        code = os_error_code(exc)
         if conv.answered:
             return conv.end(State.OPEN, f"{errno_name(code)} after connect ({conv.step})", "closed")
         return Outcome(classify_errno(code), conv.rtt, errno_name(code), conv.attempts)
@@ -240,7 +240,7 @@ async def connect(
         try:
             sock = tcp.open_socket(resolved.family)
         except OSError as exc:
-            return Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt)
+            return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt)
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
@@ -250,7 +250,7 @@ async def connect(
             continue
         except OSError as exc:
             sock.close()
-            code = exc.errno or 0
+            code = os_error_code(exc)
             return Outcome(classify_errno(code), time.monotonic() - started, errno_name(code), attempt)
         except BaseException:
             sock.close()

@@ -134,6 +134,13 @@ for _code in _posix(
     _POSIX_STATES[_code] = State.LOCAL_ERROR
 
 
+def os_error_code(exc: OSError) -> int:
+    """The code to classify an OSError by: the Windows Sockets code where Windows gave one (an errno
+    there is Python's translation of it), else the errno; 0 when there is neither."""
+    winerror = getattr(exc, "winerror", None)
+    return int(winerror or exc.errno or 0)
+
+
 def errno_name(code: int) -> str:
     """`ECONNREFUSED`, `WSAECONNREFUSED(10061)` or `errno 999` for evidence strings."""
     if code in WSA_NAMES:

@@ -1,7 +1,7 @@
 """TCP connect probe: open, refused, filtered or unreachable, with the OS error kept as evidence.
 
-The engine drives these functions from socket-writable callbacks (no coroutine, no timer per probe);
-`probe_tcp` wraps the same steps in a coroutine for one-off use and tests.
+The engine drives these functions from socket-writable callbacks (no coroutine, no timer per probe) where
+the loop has them; `probe_tcp` is the same verdicts as a coroutine, for one-off use and tests.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import socket
 import time
 
-from exporter.probes.outcome import IN_PROGRESS, Outcome, State, classify_errno, errno_name
+from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _CLOEXEC = getattr(socket, "SOCK_CLOEXEC", 0)
@@ -31,7 +31,7 @@ def start_connect(sock: socket.socket, sockaddr: SockAddr) -> int:
     try:
         return sock.connect_ex(sockaddr)
     except OSError as exc:  # e.g. EAFNOSUPPORT, gaierror on a bad literal
-        return exc.errno or -1
+        return os_error_code(exc) or -1
 
 
 def connect_result(sock: socket.socket) -> int:
@@ -50,29 +50,23 @@ def filtered(timeout: float, attempts: int) -> Outcome:
 
 
 async def probe_tcp(sockaddr: SockAddr, family: int, timeout: float, attempts: int = 3) -> Outcome:
-    """Probe one address/port; silence is FILTERED only after `attempts` tries, as PortQry does."""
+    """Probe one address/port; silence is FILTERED only after `attempts` tries, as PortQry does. Uses
+    `loop.sock_connect`, so it runs on every loop (uvloop, selector loops, Windows' Proactor)."""
     loop = asyncio.get_running_loop()
     for attempt in range(1, attempts + 1):
         try:
             sock = open_socket(family)
         except OSError as exc:
-            return Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0), attempt)
+            return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt)
         started = time.monotonic()
         try:
-            code = start_connect(sock, sockaddr)
-            if code in IN_PROGRESS:
-                ready: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(sock.fileno(), ready.set_result, None)
-                try:
-                    await asyncio.wait_for(ready, timeout)
-                except TimeoutError:
-                    continue
-                finally:
-                    loop.remove_writer(sock.fileno())
-                code = connect_result(sock)
-            return outcome_of(code, time.monotonic() - started, attempt)
-        except asyncio.CancelledError:
-            raise
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, sockaddr)
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            return outcome_of(os_error_code(exc) or -1, time.monotonic() - started, attempt)
         finally:
             sock.close()
+        return outcome_of(0, time.monotonic() - started, attempt)
     return filtered(timeout, attempts)

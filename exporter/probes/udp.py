@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from exporter.probes.contract import Resolved
 from exporter.probes.conversation import Conversation, sockaddr
-from exporter.probes.outcome import Outcome, State, classify_errno, errno_name
+from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
 MAX_DATAGRAM = 65536
 
@@ -83,7 +83,7 @@ def _offender(raw: bytes) -> str:
 
 
 def _error(sock: socket.socket, exc: OSError, rtt: float, attempt: int) -> Outcome:
-    code = exc.errno or 0
+    code = os_error_code(exc)
     origin = icmp_origin(sock)
     evidence = f"{errno_name(code)} ({origin})" if origin else errno_name(code)
     return Outcome(classify_errno(code), rtt, evidence, attempt)
@@ -105,7 +105,7 @@ async def request(
     try:
         sock = open_socket(resolved.family)
     except OSError as exc:
-        return Outcome(State.LOCAL_ERROR, None, errno_name(exc.errno or 0))
+        return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)))
     try:
         try:
             sock.connect(sockaddr(resolved, port))  # local only: picks a route and a source port

@@ -72,6 +72,7 @@ class RoutedLab:
         return f"10.{self.net}.2."
 
     listeners: list[subprocess.Popen[str]] = field(default_factory=list)
+    listening: dict[int, subprocess.Popen[str]] = field(default_factory=dict)  # port -> its listener
 
     @property
     def rtr(self) -> str:
@@ -158,7 +159,13 @@ class RoutedLab:
         self.nft("flush chain inet fw forward")
 
     def listen(self, *ports: int) -> None:
-        """Start real listeners in the target namespace (stopped by `down`)."""
+        """Start real listeners in the target namespace (stopped by `down`); ports that already have one
+        (the lab lives for the whole session) are left as they are."""
+        ports = tuple(
+            p for p in dict.fromkeys(ports) if p not in self.listening or self.listening[p].poll() is not None
+        )
+        if not ports:
+            return
         listener = subprocess.Popen(
             ["ip", "netns", "exec", self.dst, sys.executable, "-m", "tests.lab.listener", *map(str, ports)],
             cwd=REPO,
@@ -167,6 +174,7 @@ class RoutedLab:
             text=True,
         )
         self.listeners.append(listener)
+        self.listening.update(dict.fromkeys(ports, listener))
         assert listener.stdout is not None
         line = listener.stdout.readline()
         if line.strip() != "ready":
@@ -178,6 +186,7 @@ class RoutedLab:
             listener.kill()
             listener.wait(5)
         self.listeners.clear()
+        self.listening.clear()
         for args in (
             ["ip", "route", "del", f"10.{self.net}.2.0/24"],
             ["ip", "-6", "route", "del", f"fd{self.net:02x}:2::/64"],

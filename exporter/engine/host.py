@@ -1,0 +1,59 @@
+"""What differs between the hosts an agent runs on (Linux, Windows Server), behind three functions.
+
+The choice is made by what the host offers, not by its name, so the same code runs (and is tested on
+Linux) with any of it missing: no `resource` module (Windows) -> a fixed concurrency default; no uvloop
+-> asyncio's default loop (the Proactor on Windows); a loop without fd callbacks (the Proactor) -> the
+engine connects with `loop.sock_connect` (ConnectEx on Windows) instead of its callback state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+FD_RESERVE = 64  # fds kept free for the HTTP server, logs, the state file
+#: probes in flight where the host has no fd limit to derive it from. On Windows sockets are kernel
+#: handles, not CRT fds, and the Proactor (IOCP) has no select() cap; 2048 concurrent connects is well
+#: inside what one Windows Server host sustains while leaving ephemeral ports for Exchange itself.
+NO_RLIMIT_CONCURRENCY = 2048
+
+
+def default_concurrency() -> int:
+    """How many probes may be in flight: the fd soft limit less a reserve (POSIX), else a fixed default."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return NO_RLIMIT_CONCURRENCY
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(1, min(int(soft) - FD_RESERVE, 16384))
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS), else asyncio's default loop (the Proactor on Windows:
+    IOCP, no 512-socket select() cap, and the loop asyncio's own subprocess and pipe support expects)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def has_fd_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop offers add_writer/add_reader (selector loops, uvloop) or not (the Proactor)."""
+    a, b = socket.socketpair()
+    try:
+        loop.add_writer(a.fileno(), _nothing)
+        loop.remove_writer(a.fileno())
+    except NotImplementedError:
+        return False
+    finally:
+        a.close()
+        b.close()
+    return True
+
+
+def _nothing() -> None:
+    """A writer callback that is removed before it can run."""
