@@ -41,9 +41,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.cycle
 	$(BIN)/python -m bench.discovery
 
-## lock: refresh requirements.lock from pyproject.toml (needs uv)
-lock:
-	uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 --generate-hashes
+## lock: refresh the locks from pyproject.toml: requirements.lock (Linux, dev and tests) and
+## requirements-runtime.lock (runtime only, every platform, with environment markers: the Windows build)
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 --generate-hashes
+	$(BIN)/uv pip compile pyproject.toml --universal -o requirements-runtime.lock --python-version 3.11 --generate-hashes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

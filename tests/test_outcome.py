@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 
-from exporter.probes.outcome import IN_PROGRESS, State, classify_errno, errno_name
+from exporter.probes import udp
+from exporter.probes.outcome import IN_PROGRESS, State, classify_errno, errno_name, os_error_code
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,30 @@ def test_in_progress_codes_cover_posix_and_windows_but_not_linux_eagain() -> Non
 
 def test_blocks_are_exactly_refused_filtered_unreachable() -> None:
     assert {s for s in State if s.is_block} == {State.REFUSED, State.FILTERED, State.UNREACHABLE}
+
+
+class _WinsockError(ConnectionResetError):
+    """An OSError as Windows raises it: `winerror` is the Winsock code (Linux's OSError has no such
+    attribute, so the test sets it); Python's errno translation may differ (WSAEACCES -> 13)."""
+
+    def __init__(self, errno_value: int, winerror: int) -> None:
+        super().__init__(errno_value, "from Windows")
+        self.winerror = winerror
+
+
+def test_the_winsock_code_is_classified_where_windows_gives_one() -> None:
+    assert os_error_code(_WinsockError(10054, 10054)) == 10054
+    assert os_error_code(_WinsockError(13, 10013)) == 10013  # WSAEACCES, translated to EACCES by Python
+    assert os_error_code(ConnectionRefusedError(errno.ECONNREFUSED, "linux")) == errno.ECONNREFUSED
+    assert os_error_code(OSError("no code")) == 0
+
+
+def test_icmp_port_unreachable_on_a_windows_udp_socket_reads_refused() -> None:
+    """Windows reports an ICMP port-unreachable on a connected UDP socket as WSAECONNRESET on the next
+    receive; the UDP probe turns that into REFUSED, as Linux's ECONNREFUSED."""
+    sock = udp.open_socket(socket.AF_INET)
+    try:
+        outcome = udp._error(sock, _WinsockError(10054, 10054), 0.01, 1)
+    finally:
+        sock.close()
+    assert (outcome.state, outcome.evidence) == (State.REFUSED, "WSAECONNRESET(10054)")
