@@ -15,8 +15,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    logsetup.setup(args.log_level)
+    logsetup.setup(args.log_level, getattr(args, "log_file", None))
     try:
+        if args.command == "service":
+            from exporter.commands.service import run_service_command
+
+            return run_service_command(args.action, args.serve_args)
         if args.command == "discover":
             from exporter.commands.discover import run_discover
 

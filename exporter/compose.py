@@ -7,12 +7,12 @@ It reads the inventory source the settings chose, plans, and wires the pipeline:
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter import demo
+from exporter.engine.host import machine_fqdn
 from exporter.engine.prober import Prober
 from exporter.engine.scheduler import EngineStats
 from exporter.inventory.model import Inventory
@@ -40,11 +40,21 @@ class Component(Protocol):
     def stop(self) -> None: ...
 
 
-def identity(settings: Settings) -> str:
-    """This agent's --source: given, else the demo's observer, else this host's FQDN."""
+def identity(settings: Settings, inventory: Inventory) -> str:
+    """This agent's --source: given, else the demo's observer, else this machine's FQDN as AD knows it.
+    When that FQDN is no member's but exactly one member has this machine's short name (a DNS suffix that
+    differs from AD's), that member's FQDN: the agent then probes as that Exchange server or DC."""
     if settings.plan.source:
         return settings.plan.source
-    return demo.DEMO_SOURCE if settings.inventory.demo else socket.getfqdn()
+    if settings.inventory.demo:
+        return demo.DEMO_SOURCE
+    fqdn = machine_fqdn()
+    if inventory.find(fqdn) is None:
+        short = fqdn.split(".")[0].lower()
+        named = [m for m in inventory.members() if short in (m.name.lower(), m.fqdn.split(".")[0].lower())]
+        if len(named) == 1:
+            return named[0].fqdn
+    return fqdn
 
 
 def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], list[NetworkPath]]:
@@ -76,7 +86,7 @@ def inventory_and_plan(settings: Settings) -> tuple[InventoryWatcher, Inventory,
     watcher = read_inventory(settings)
     # no inventory yet (AD unreachable at start): probe nothing, say so, and keep trying
     inventory = watcher.inventory or Inventory("(discovery pending)", source="ldap")
-    source = identity(settings)
+    source = identity(settings, inventory)
     return watcher, inventory, source, planner_for(settings.plan, source)(inventory)
 
 

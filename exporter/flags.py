@@ -137,6 +137,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--log.file",
+        dest="log_file",
+        metavar="PATH",
+        help="log to this file, rotated at 10 MB keeping 5 (default: stderr; a Windows service installed "
+        "with `service install` logs to %%ProgramData%%\\exchange-firewall-exporter\\exporter.log)",
+    )
 
 
 def _mesh_flags(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="TLS and basic auth, in the Prometheus exporter-toolkit format (see the README)",
         )
+    service = sub.add_parser(
+        "service",
+        help="install, uninstall, start or stop the agent as a Windows service (install takes serve's flags)",
+    )
+    service.add_argument(
+        "action",
+        choices=("install", "uninstall", "start", "stop", "run"),
+        help="what to do with the Windows service (run: what the service manager starts)",
+    )
+    service.add_argument(
+        "serve_args",
+        nargs=argparse.REMAINDER,
+        metavar="SERVE FLAGS",
+        help="the serve flags the service runs with (install), e.g. --ldap-url ldaps://dc1... --mesh",
+    )
+    service.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
     _common(check)
     add_directory_arguments(check)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import pathlib
 import sys
 
 from exporter.text import escape_unsafe
@@ -19,7 +21,22 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+#: a log file is rotated at this size, keeping this many old files (a service runs for months)
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_KEEP = 5
+
+
+def setup(level: str, file: str | None = None) -> None:
+    """Log to stderr, or to `file` with rotation (a Windows service has no console). A file that cannot
+    be opened is reported on stderr and logging stays there: losing the log must not stop the agent."""
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if file:
+        try:
+            pathlib.Path(file).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_KEEP, encoding="utf-8"
+            )
+        except OSError as exc:
+            print(f"warning: --log.file {file}: {exc.strerror}; logging to stderr", file=sys.stderr)
     handler.setFormatter(OneLineFormatter(FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from exporter.compose import build_agent
@@ -15,7 +15,9 @@ from exporter.settings import Settings
 log = logging.getLogger("exporter")
 
 
-def run_serve(settings: Settings) -> int:
+def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM, or until the function handed to `on_stop` is called (the Windows
+    service's stop request, from another thread): either way the agent stops and flushes its state."""
     import uvicorn
 
     from exporter.outputs.app import create_app
@@ -53,6 +55,12 @@ def run_serve(settings: Settings) -> int:
         assert config.ssl is not None
         config.ssl.minimum_version = web.tls.min_version
     server = _graceful_server_class()(config)
+    if on_stop is not None:
+
+        def stop() -> None:
+            server.should_exit = True
+
+        on_stop(stop)
     agent.start()
     log.info("listening on %s:%d", web_settings.host, web_settings.port)
     try:

@@ -57,3 +57,26 @@ def has_fd_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
 
 def _nothing() -> None:
     """A writer callback that is removed before it can run."""
+
+
+def machine_fqdn() -> str:
+    """This machine's DNS name as Active Directory knows it (its computer object's dNSHostName).
+
+    On Windows that is the host name plus the primary DNS suffix, which the TCP/IP parameters in the
+    registry hold (a multi-homed Exchange server's reverse DNS, which `getfqdn` may follow, can name
+    another interface); elsewhere, and when the registry cannot be read, `socket.getfqdn()`."""
+    try:
+        import winreg  # Windows only
+    except ImportError:
+        return socket.getfqdn()
+    key = r"SYSTEM\CurrentControlSet\Services\Tcpip\Parameters"
+    try:
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, key) as params:  # type: ignore[attr-defined,unused-ignore]
+            host = str(winreg.QueryValueEx(params, "Hostname")[0])  # type: ignore[attr-defined,unused-ignore]
+            try:
+                suffix = str(winreg.QueryValueEx(params, "Domain")[0])  # type: ignore[attr-defined,unused-ignore]
+            except OSError:
+                suffix = ""
+    except OSError:
+        return socket.getfqdn()
+    return f"{host}.{suffix}".lower() if suffix else host.lower()
