@@ -7,6 +7,7 @@ It reads the inventory source the settings chose, plans, and wires the pipeline:
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -50,8 +51,9 @@ def identity(settings: Settings, inventory: Inventory) -> str:
         return demo.DEMO_SOURCE
     fqdn = machine_fqdn()
     if inventory.find(fqdn) is None:
-        short = fqdn.split(".")[0].lower()
-        named = [m for m in inventory.members() if short in (m.name.lower(), m.fqdn.split(".")[0].lower())]
+        # the host name too: a resolver may map this machine's name to "localhost"
+        shorts = {name.split(".")[0].lower() for name in (fqdn, socket.gethostname())} - {"localhost"}
+        named = [m for m in inventory.members() if shorts & {m.name.lower(), m.fqdn.split(".")[0].lower()}]
         if len(named) == 1:
             return named[0].fqdn
     return fqdn

@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 
 import pytest
+import yaml
 
 from exporter.cli import main
 from exporter.flags import build_parser
@@ -68,3 +69,25 @@ def test_good_flags_become_one_frozen_settings_object(tmp_path: pathlib.Path) ->
     assert settings.inventory.source().kind == "file"
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.command = "check"  # type: ignore[misc]
+
+
+def test_without_source_the_agent_is_the_member_with_this_machine_s_name(tmp_path: pathlib.Path) -> None:
+    """--source defaults to this machine's FQDN as AD knows it; when the DNS suffix here differs from
+    AD's, the one member with this machine's short name is this agent (it probes as that server)."""
+    import socket
+
+    from exporter.compose import identity
+    from exporter.inventory.static import load_inventory
+
+    short = socket.gethostname().split(".")[0]
+    inventory = tmp_path / "org.yaml"
+    server = {"roles": ["mailbox"], "version": "2019", "site": "S"}
+    servers = [
+        {"name": short, "fqdn": f"{short}.ad.contoso.test", **server},
+        {"name": "OTHER", "fqdn": "other.ad.contoso.test", **server},
+    ]
+    inventory.write_text(yaml.safe_dump({"organisation": "O", "servers": servers}))
+    settings = from_args(build_parser().parse_args(["check", "--inventory", str(inventory)]), environ={})
+    assert identity(settings, load_inventory(inventory)) == f"{short}.ad.contoso.test"
+    given = from_args(build_parser().parse_args(["check", "--inventory", str(inventory), "--source", "x.y"]))
+    assert identity(given, load_inventory(inventory)) == "x.y"
