@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
@@ -17,9 +18,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> object:
-    """Async tests marked all_loops run once per loop (uvloop, selector, the Proactor stand-in)."""
+    """Async tests marked all_loops run once per loop (uvloop, selector, the Proactor stand-in); the
+    others on asyncio's default loop, as without this hook (pytest-asyncio wants a mapping for every
+    item once the hook exists)."""
     if item.get_closest_marker("all_loops") is None:
-        return None
+        return {"asyncio": asyncio.new_event_loop}
     return LOOPS
 
 
