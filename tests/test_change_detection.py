@@ -111,9 +111,10 @@ def test_a_path_that_never_answered_is_never_open_not_newly_blocked(
 ) -> None:
     lab, svc = lab_service
     wait_until(lambda: path_row(svc, 64337)["status"] == "open")
-    lab.block("tcp dport 64337 reject with tcp reset")
+    lab.block("tcp dport 64337 reject with icmpx admin-prohibited")
     # The running service saw 64337 open, so for it the reject is a new block. A fresh service with an
     # empty baseline, started while the rule is in place, has never seen it open: a misconfiguration.
+    # (A bare RST on a path that never worked would read "not listening": see test_verdict_semantics.)
     file = tmp_path / "inv2.yaml"
     file.write_text(yaml.safe_dump(routed_lab_org(lab)))
     fresh = start_service(
@@ -129,7 +130,11 @@ def test_a_path_that_never_answered_is_never_open_not_newly_blocked(
     try:
         wait_until(lambda: path_row(fresh, 64337)["status"] == "blocked")
         row = path_row(fresh, 64337)
-        assert (row["state"], row["classification"], row["newly_blocked"]) == ("refused", "never_open", False)
+        assert (row["state"], row["classification"], row["newly_blocked"]) == (
+            "unreachable",
+            "never_open",
+            False,
+        )
         assert value(fresh, "exchange_path_newly_blocked", port="64337") == 0.0
         assert value(fresh, "exchange_path_blocked", port="64337") == 1.0
         wait_until(lambda: path_row(svc, 64337)["classification"] == "newly_blocked")

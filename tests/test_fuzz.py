@@ -324,6 +324,12 @@ def test_rpc_endpoint_mapper_replies_never_crash(stub: bytes) -> None:
     _quiet(run)
     _quiet(lambda: rpc.tower_port(stub))
 
+    def enumerate_() -> None:
+        _handle, entries, _status = rpc.parse_ept_lookup(stub)
+        assert all(0 <= entry.port <= 65535 for entry in entries)
+
+    _quiet(enumerate_)
+
 
 @FUZZ
 @given(st.binary(max_size=2000))

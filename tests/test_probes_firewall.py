@@ -7,11 +7,16 @@ port-unreachable -> REFUSED, admin-prohibited -> UNREACHABLE (with the router na
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.probes import cldap, kerberos, rpc, tcp
 from exporter.probes.contract import Resolved, Target
@@ -22,6 +27,8 @@ from tests.lab.samba_probe_dc import DC_FQDN, ProbeDC
 pytestmark = [pytest.mark.netns, pytest.mark.all_loops]  # async tests run on each of the three loops
 
 TIMEOUT, ATTEMPTS = 0.4, 2
+REPO = Path(__file__).resolve().parents[1]
+CHECK = [sys.executable, "-m", "exporter", "check", "--output", "json", "--attempts", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +128,51 @@ async def test_udp_host_unreachable_is_seen_thanks_to_ip_recverr(lab: RoutedLab,
     outcome = await kerberos.check_udp(dst, at(lab, 88, "kerberos"), TIMEOUT, ATTEMPTS)
     assert outcome.state is State.UNREACHABLE
     assert outcome.evidence == f"EHOSTUNREACH (ICMP type 3 code 1 from {lab.router4})"
+
+
+def test_check_probes_every_dynamic_rpc_port_and_reads_them_filtered_behind_a_dropped_range(
+    lab: RoutedLab, tmp_path: Path
+) -> None:
+    """The one-shot `check` from an Exchange server's vantage: the endpoint mapper's every registered
+    TCP port becomes a path of its own, and dropping only the dynamic range leaves 135 open and reads
+    each of them filtered (the classic break `check` used to miss)."""
+    inventory = tmp_path / "org.yaml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "organisation": "Fenced",
+                "servers": [
+                    {
+                        "name": "EX0",
+                        "fqdn": "ex0.lab.test",
+                        "roles": ["mailbox"],
+                        "version": "2019",
+                        "site": "HQ",
+                    }
+                ],
+                "domain_controllers": [{"name": "DC1", "fqdn": DC_FQDN, "address": lab.dst4, "site": "HQ"}],
+            }
+        )
+    )
+
+    def dynamic() -> dict[int, tuple[str, str]]:
+        done = subprocess.run(
+            [*CHECK, "--inventory", str(inventory), "--source", "ex0.lab.test", "--timeout", "0.4"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        rows = json.loads(done.stdout)
+        mapper = next(r for r in rows if r["port"] == 135)
+        assert (mapper["state"], mapper["details"]["protocol"]) == ("open", "ok")
+        return {r["port"]: (r["service"], r["state"]) for r in rows if r["service"].startswith("rpc:")}
+
+    before = dynamic()
+    assert before and {"rpc:drsuapi", "rpc:netlogon"} & {service for service, _state in before.values()}
+    assert all(state == "open" and port >= 49152 for port, (_s, state) in before.items())
+    lab.block(f"ip daddr {lab.dst4} tcp dport 49152-65535 drop")
+    after = dynamic()
+    assert set(after) == set(before)
+    assert {state for _service, state in after.values()} == {"filtered"}

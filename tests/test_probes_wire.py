@@ -130,6 +130,61 @@ def test_ept_map_answer_announcing_too_many_towers_is_refused() -> None:
         rpc.parse_ept_map(stub)
 
 
+def lookup_stub(
+    entries: list[tuple[uuid.UUID, int, str]], status: int, handle: bytes = b"\x01" * 20
+) -> bytes:
+    """An ept_lookup response as NDR lays it out: the entries (object, tower pointer, annotation), then
+    the deferred towers, then the status."""
+    body = handle + struct.pack("<IIII", len(entries), len(entries), 0, len(entries))
+    for number, (_interface, _port, annotation) in enumerate(entries, start=1):
+        text = annotation.encode() + b"\0"
+        body += bytes(16) + struct.pack("<III", number, 0, len(text)) + text
+        body += bytes(-len(body) % 4)
+    for interface, port, _annotation in entries:
+        tower = rpc.tcp_tower((interface, 1, 0)).replace(
+            b"\x07\x02\x00\x00\x00", b"\x07\x02\x00" + port.to_bytes(2, "big")
+        )
+        body += struct.pack("<II", len(tower), len(tower)) + tower + bytes(-len(tower) % 4)
+    return body + struct.pack("<I", status)
+
+
+def test_ept_lookup_lists_every_tcp_registration_and_one_path_per_port_is_named() -> None:
+    drs, lsa, exchange = (
+        uuid.UUID("e3514235-4b06-11d1-ab04-00c04fc2dcd2"),
+        uuid.UUID("12345778-1234-abcd-ef00-0123456789ab"),
+        uuid.UUID("0a74ef1c-41a4-4e06-83ae-dc74fb1cdd53"),
+    )
+    stub = lookup_stub(
+        [(lsa, 49668, "LSA"), (drs, 49668, "MS NT Directory DRS"), (exchange, 6001, "MS Exch")], 0
+    )
+    handle, entries, status = rpc.parse_ept_lookup(stub)
+    assert (handle, status) == (b"\x01" * 20, 0)
+    assert [(e.interface, e.port, e.annotation) for e in entries] == [
+        (lsa, 49668, "LSA"),
+        (drs, 49668, "MS NT Directory DRS"),
+        (exchange, 6001, "MS Exch"),
+    ]
+    # one path per distinct port, named after its most telling interface; unknown ones by their UUID
+    assert rpc.dynamic_ports(entries, 135, limit=16) == [("drsuapi", 49668), ("0a74ef1c", 6001)]
+    assert rpc.dynamic_ports(entries, 135, limit=1) == [("drsuapi", 49668)]  # bounded
+    assert rpc.dynamic_ports(entries, 6001, limit=16) == [("drsuapi", 49668)]  # never the mapper's own
+    with pytest.raises(ValueError, match="malformed"):
+        rpc.parse_ept_lookup(stub[:-10])
+
+
+def test_ept_lookup_asks_for_every_element_from_the_handle_it_was_given() -> None:
+    pdu = rpc.ept_lookup_pdu(7, b"\x02" * 20, max_entries=50)
+    assert pdu[2] == rpc.PTYPE_REQUEST and struct.unpack_from("<H", pdu, 22)[0] == rpc.OPNUM_EPT_LOOKUP
+    stub = pdu[24:]
+    assert struct.unpack_from("<IIII", stub) == (
+        0,
+        0,
+        0,
+        1,
+    )  # all elements, any object/interface, all versions
+    assert stub[16:36] == b"\x02" * 20 and struct.unpack_from("<I", stub, 36)[0] == 50
+
+
 def test_bind_asks_for_the_endpoint_mapper_over_ndr() -> None:
     pdu = rpc.bind_pdu()
     assert len(pdu) == 72 and pdu[2] == rpc.PTYPE_BIND

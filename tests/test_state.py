@@ -3,6 +3,7 @@ that is corrupt, unopenable or full. Real SQLite files in tmp_path, nothing mock
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -254,7 +255,7 @@ def test_observe_by_index_follows_the_current_plan() -> None:
     a, b = make_path(port=135), make_path(port=445)
     tracker = Tracker(k=1)
     tracker.set_plan([a, b])
-    tracker.record(1, REFUSED, T0)
+    tracker.record(1, FILTERED, T0)
     assert tracker.view(path_key(b)).blocked
     assert tracker.view(0).status is Status.PENDING
     tracker.set_plan([b, a])
@@ -365,7 +366,7 @@ def test_blocked_required_path_makes_the_verdict_non_compliant_and_is_named() ->
     tracker = Tracker(k=1)
     tracker.set_plan([xx, xd, make_path(port=445)])  # the third still pending: a block decides anyway
     tracker.observe(0, OPEN, T0)
-    tracker.observe(1, REFUSED, T0)
+    tracker.observe(1, UNREACHABLE, T0)
     verdict = tracker.verdict()
     assert verdict.compliant is False
     assert verdict.offending == (xd,)
@@ -404,7 +405,7 @@ def test_verdict_per_source_and_overall() -> None:
     tracker = Tracker(k=1)
     tracker.set_plan([good, bad])
     tracker.observe(0, OPEN, T0)
-    tracker.observe(1, REFUSED, T0)
+    tracker.observe(1, FILTERED, T0)
     assert tracker.verdict("ex1.corp.example").compliant is True
     assert tracker.verdict("ex3.corp.example").offending == (bad,)
     assert tracker.verdict().compliant is False
@@ -656,7 +657,7 @@ def test_full_disk_keeps_probing_logs_once_and_saves_when_space_returns(
     tracker = Tracker(store, k=1)
     keys = [path_key(make_path(port=port)) for port in range(1000, 1400)]
     for key in keys:
-        tracker.observe(key, Outcome(State.REFUSED, 0.001, "ECONNREFUSED " + "x" * 400), T0)
+        tracker.observe(key, Outcome(State.UNREACHABLE, 0.001, "EHOSTUNREACH " + "x" * 400), T0)
     for _ in range(3):
         assert store.flush() is False
     assert not store.healthy
@@ -691,3 +692,49 @@ def test_default_state_file_prefers_the_system_dir_and_creates_nothing(tmp_path:
     (tmp_path / "var-lib").mkdir()
     assert default_state_file({}, system_dir=system) == system / "state.sqlite"
     assert not system.exists()
+
+
+# ---- what counts against Microsoft's rule ---------------------------------------------------------------
+
+
+def test_a_port_nobody_listens_on_is_not_listening_never_a_violation() -> None:
+    """The host's own RST on a path that never worked: the network delivered the packet."""
+    listening, silent = make_path(port=135), make_path(port=139)
+    tracker = Tracker(k=3)
+    tracker.set_plan([listening, silent])
+    feed(tracker, 0, [OPEN] * 3)
+    feed(tracker, 1, [REFUSED] * 3)
+    status = tracker.view(1)
+    assert (status.status, status.classification) == (Status.BLOCKED, Classification.NOT_LISTENING)
+    assert status.not_listening and not status.blocked
+    verdict = tracker.verdict()
+    assert (verdict.compliant, verdict.blocked, verdict.not_listening, verdict.offending) == (True, 0, 1, ())
+    # a firewall that starts dropping it afterwards is a block again, and a violation
+    feed(tracker, 1, [FILTERED], start=T0 + DAY)
+    assert tracker.view(1).classification is Classification.NEVER_OPEN and tracker.view(1).blocked
+    assert tracker.verdict().compliant is False
+
+
+def test_an_open_path_that_turns_refused_is_newly_blocked_and_pages() -> None:
+    """A stopped service or a device resetting it: both break Exchange, so a path that worked pages."""
+    tracker = Tracker(k=3)
+    tracker.set_plan([make_path(port=445)])
+    feed(tracker, 0, [OPEN, REFUSED, REFUSED, REFUSED])
+    status = tracker.view(0)
+    assert status.classification is Classification.NEWLY_BLOCKED and status.blocked
+    assert tracker.verdict().compliant is False
+
+
+def test_an_observer_s_paths_are_reported_but_not_judged() -> None:
+    """A monitoring host is a client: its firewall is legitimate, so its verdict is not applicable."""
+    seen = dataclasses.replace(make_path(source="monitor.corp.example"), judged=False)
+    judged = make_path(source="ex1.corp.example", port=445)
+    tracker = Tracker(k=1)
+    tracker.set_plan([seen, judged])
+    tracker.observe(0, FILTERED, T0)
+    tracker.observe(1, OPEN, T0)
+    assert tracker.view(0).blocked  # reported as blocked ...
+    observer = tracker.verdict("monitor.corp.example")
+    assert (observer.compliant, observer.applicable) == (None, False)  # ... but not judged
+    assert observer.reason.startswith("not applicable")
+    assert tracker.verdict().compliant is True  # and it never makes the overall verdict false

@@ -14,7 +14,9 @@ from exporter.engine.host import new_loop
 from exporter.engine.prober import targets_of
 from exporter.engine.scheduler import Engine
 from exporter.outputs.api import path_view
+from exporter.plan.planner import NetworkPath, dynamic_rpc_paths
 from exporter.probes import registry
+from exporter.probes.outcome import Outcome
 from exporter.settings import Settings
 from exporter.state.recorder import Recorder
 
@@ -26,25 +28,47 @@ def run_check(settings: Settings) -> int:
         listeners = demo.DemoListeners(paths)
         listeners.start()
     recorder = Recorder()
-    recorder.begin_plan(paths)
     probe = settings.probe
-    engine = Engine(
-        targets_of(paths),
-        recorder,
-        timeout=probe.timeout,
-        attempts=probe.attempts,
-        max_concurrency=probe.max_concurrency,
-        checks=registry.checks(cafile=settings.probe_ca_file),
-        once=True,
-        tick=probe.tick,
-        seed=source,
-    )
-    loop = new_loop()
-    try:
+    checks = registry.checks(cafile=settings.probe_ca_file)
+
+    def one_pass(planned: list[NetworkPath], offset: int = 0) -> None:
+        """Probe `planned`, recorded as paths offset.. of the recorder's current plan."""
+
+        class Shifted:
+            def record(self, index: int, outcome: Outcome, wall: float) -> bool:
+                return recorder.record(offset + index, outcome, wall)
+
+        engine = Engine(
+            targets_of(planned),
+            Shifted(),
+            timeout=probe.timeout,
+            attempts=probe.attempts,
+            max_concurrency=probe.max_concurrency,
+            checks=checks,
+            once=True,
+            tick=probe.tick,
+            seed=source,
+        )
         if settings.output == "table" and sys.stderr.isatty():
-            _run_with_progress(loop, engine, len(paths))
+            _run_with_progress(loop, engine, len(planned))
         else:
             loop.run_until_complete(engine.run())
+
+    loop = new_loop()
+    try:
+        recorder.begin_plan(paths)
+        one_pass(paths)
+        # the endpoint mappers' dynamic ports, probed right after (as `serve` does): the classic break is
+        # 135 open and the dynamic range blocked
+        dynamic = [
+            found
+            for path, result in recorder.table.items()
+            if path.check == "rpc-epm" and result is not None and result.outcome.protocol_ok
+            for found in dynamic_rpc_paths(path, result.outcome.endpoints)
+        ]
+        if dynamic:
+            recorder.begin_plan([*paths, *dynamic])  # the first pass's results are carried over
+            one_pass(dynamic, offset=len(paths))
     finally:
         loop.close()
         if listeners is not None:

@@ -35,8 +35,9 @@ class PathView(BaseModel):
     details: dict[str, str]
     status: str | None  # hysteresis: pending, open, blocked (None without a tracker)
     classification: str | None  # pending, ok, recovered, newly_blocked, never_open
-    blocked: bool | None
+    blocked: bool | None  # by the network (a port nobody listens on is not_listening instead)
     newly_blocked: bool | None
+    not_listening: bool | None  # the host refused a path that never worked: no firewall, no violation
     state_since: str | None
     first_probe: str | None
     first_open: str | None
@@ -59,10 +60,13 @@ class VerdictView(BaseModel):
     """Microsoft's rule for one source: every required Exchange-Exchange and Exchange-DC path open."""
 
     source: str
-    compliant: bool | None  # None: not yet determined
+    compliant: bool | None  # None: not yet determined, or not applicable (see reason)
+    applicable: bool  # False for an observer: only Exchange servers' and DCs' own paths are judged
+    reason: str  # why compliant is None
     required: int
     open: int
     blocked: int
+    not_listening: int  # required paths whose host refused and that never worked: not violations
     unknown: int
     offending: list[str]  # target:port/proto of blocked required paths
     undetermined: list[str]
@@ -106,6 +110,7 @@ def status_view(status: PathStatus | None) -> dict[str, Any]:
         "classification": status.classification.value,
         "blocked": status.blocked,
         "newly_blocked": status.blocked and status.classification is Classification.NEWLY_BLOCKED,
+        "not_listening": status.not_listening,
         "state_since": iso(status.state_since),
         "first_probe": iso(status.first_probe),
         "first_open": iso(status.first_open),
@@ -119,6 +124,7 @@ _STATUS_FIELDS = (
     "classification",
     "blocked",
     "newly_blocked",
+    "not_listening",
     "state_since",
     "first_probe",
     "first_open",
@@ -145,9 +151,12 @@ def verdict_view(source: str, verdict: Verdict) -> dict[str, Any]:
     return {
         "source": source,
         "compliant": verdict.compliant,
+        "applicable": verdict.applicable,
+        "reason": verdict.reason,
         "required": verdict.required,
         "open": verdict.open,
         "blocked": verdict.blocked,
+        "not_listening": verdict.not_listening,
         "unknown": verdict.unknown,
         "offending": [name(p) for p in verdict.offending],
         "undetermined": [name(p) for p in verdict.undetermined],

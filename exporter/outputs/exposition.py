@@ -19,7 +19,7 @@ from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import STATES, Outcome, State
 from exporter.state.results import PathResult, ResultTable
-from exporter.state.status import Classification, PathStatus, Status
+from exporter.state.status import Classification, PathStatus
 
 BLOCK = 4096  # paths per compressed piece
 
@@ -52,6 +52,12 @@ FAMILIES = (
     ),
     ("exchange_path_last_open_timestamp_seconds", "gauge", "Unix time the path was last seen open."),
     (
+        "exchange_path_not_listening",
+        "gauge",
+        "1 when the target host itself refused a path that never worked (nothing listens there: not a "
+        "firewall, never a violation); absent otherwise.",
+    ),
+    (
         "exchange_protocol_up",
         "gauge",
         "1 when the service on the path spoke its protocol correctly (DNS, Kerberos, CLDAP, NTP, LDAP, SMTP, "
@@ -64,7 +70,7 @@ FAMILIES = (
     ),
 )
 # the index of each family in FAMILIES (and in a plan's line lists)
-(UP, STATE, RTT, TS, BLOCKED, NEWLY, SINCE, LAST_OPEN, PROTOCOL, CERT) = range(len(FAMILIES))
+(UP, STATE, RTT, TS, BLOCKED, NEWLY, SINCE, LAST_OPEN, NOT_LISTENING, PROTOCOL, CERT) = range(len(FAMILIES))
 
 
 def escape_label(value: str) -> str:
@@ -86,12 +92,14 @@ def label_string(path: NetworkPath) -> str:
     return ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
 
 
-def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str, str]:
+def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str, str, str]:
     if status is None:
-        return "", "", "", ""
-    is_blocked = status.status is Status.BLOCKED
+        return "", "", "", "", ""
+    is_blocked = status.blocked
     is_new = is_blocked and status.classification is Classification.NEWLY_BLOCKED
-    since = last_open = ""
+    since = last_open = silent = ""
+    if status.not_listening:
+        silent = f"exchange_path_not_listening{{{labels}}} 1\n"
     if status.state_since is not None:
         since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
     if status.last_open is not None:
@@ -101,6 +109,7 @@ def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str
         f"exchange_path_newly_blocked{{{labels}}} {1 if is_new else 0}\n",
         since,
         last_open,
+        silent,
     )
 
 
@@ -171,7 +180,7 @@ class _PlanLines:
             cached = (outcome.state, up, states)
             self.state_cache[index] = cached
         rtt = outcome.rtt if outcome.rtt is not None else math.nan
-        blocked, newly, since, last_open = _status_lines(labels, result.status)
+        blocked, newly, since, last_open, silent = _status_lines(labels, result.status)
         path = self.paths[index]
         protocol = cert = ""
         if path.check != "tcp":
@@ -193,13 +202,14 @@ class _PlanLines:
             newly,
             since,
             last_open,
+            silent,
             protocol,
             cert,
         )
 
     def seed_lines(self, index: int, status: PathStatus) -> tuple[str, ...]:
-        blocked, newly, since, last_open = _status_lines(self.labels[index], status)
-        return ("", "", "", "", blocked, newly, since, last_open, "", "")
+        blocked, newly, since, last_open, silent = _status_lines(self.labels[index], status)
+        return ("", "", "", "", blocked, newly, since, last_open, silent, "", "")
 
 
 class PathExposition:

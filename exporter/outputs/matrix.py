@@ -25,6 +25,12 @@ VERDICTS: tuple[tuple[str, str, str, str], ...] = (
     ("unreachable-peer", "?", "no answer from agent", "the agent's own API could not be reached"),
     ("error", "⚠", "our error", "dns_error or local_error on the prober: not a network verdict"),
     ("pending", "…", "pending", "not probed yet"),
+    (
+        "not-listening",
+        "○",
+        "not listening",
+        "the host refused and it never worked: nothing listens (no firewall)",
+    ),
     ("open", "✔", "open", "every path open"),
 )
 _RANK = {key: rank for rank, (key, *_rest) in enumerate(VERDICTS)}
@@ -38,6 +44,8 @@ def path_verdict(row: Mapping[str, Any]) -> str:
     if row.get("peer_error"):
         return "unreachable-peer"
     if status == "blocked":
+        if classification == "not_listening":
+            return "not-listening"
         if classification == "newly_blocked":
             return "new-block"
         return "never-open" if classification == "never_open" else "blocked"
@@ -198,9 +206,11 @@ def render_changes(changes: Iterable[Mapping[str, Any]]) -> str:
             f"{parts[0]} → {parts[1]} {parts[2]}/{parts[3]}" if len(parts) >= 4 else str(change.get("path"))
         )
         to = change.get("to_status")
-        verdict = {"newly_blocked": "new-block", "never_open": "never-open"}.get(
-            str(change.get("classification")), "blocked"
-        )
+        verdict = {
+            "newly_blocked": "new-block",
+            "never_open": "never-open",
+            "not_listening": "not-listening",
+        }.get(str(change.get("classification")), "blocked")
         if to == "open":
             verdict = "open"
         items.append(

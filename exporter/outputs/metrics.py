@@ -99,8 +99,10 @@ class ExporterCollector(Collector):
         yield changes
         compliant = GaugeMetricFamily(
             "exchange_supportability_compliant",
-            "1 when every required Exchange-Exchange and Exchange-DC path from the source is open, 0 when "
-            "one is blocked; absent while undetermined (paths pending or only local errors).",
+            "1 when no required Exchange-Exchange or Exchange-DC path from the source is blocked by the "
+            "network (a port nobody listens on is no violation), 0 when one is; absent while undetermined "
+            "(paths pending or only local errors) and for observers (the rule judges only Exchange "
+            "servers' and DCs' own paths).",
             labels=["source"],
         )
         offending = GaugeMetricFamily(
@@ -111,14 +113,24 @@ class ExporterCollector(Collector):
             "Required paths not yet judged (pending, or only our own errors lately), by source.",
             labels=["source"],
         )
+        silent = GaugeMetricFamily(
+            "exchange_supportability_not_listening_paths",
+            "Required paths whose host refused and that never worked (nothing listens: no violation), by "
+            "source.",
+            labels=["source"],
+        )
         for source, verdict in sorted(state.verdicts().items()):
+            if not verdict.applicable:
+                continue  # an observer: reported path by path, never judged
             if verdict.compliant is not None:
                 compliant.add_metric([source], 1 if verdict.compliant else 0)
             offending.add_metric([source], verdict.blocked)
             undetermined.add_metric([source], verdict.unknown)
+            silent.add_metric([source], verdict.not_listening)
         yield compliant
         yield offending
         yield undetermined
+        yield silent
         yield GaugeMetricFamily(
             "exchange_state_store_healthy",
             "1 when the baseline file is being written; 0 when writes fail (probing goes on in memory).",

@@ -40,6 +40,9 @@ class NetworkPath:
     kind: PathKind
     check: str
     address: str | None = None  # from the inventory; resolved from `target` when None
+    #: probed from an Exchange server or a DC: Microsoft's rule judges the path (an observer's is only
+    #: reported: a monitoring host may legitimately sit behind a firewall of its own)
+    judged: bool = True
 
     @property
     def required(self) -> bool:
@@ -138,6 +141,7 @@ def plan(
     me = inventory.find(source)
     where = vantage_of(me, vantage)
     source_site = me.site if me is not None else (source_site or "")
+    judged = where in (Vantage.EXCHANGE, Vantage.DC)  # Microsoft's rule is about these hosts' traffic
     paths: dict[tuple[str, int, str], NetworkPath] = {}
     for target in inventory.members():
         if me is not None and target is me:
@@ -163,6 +167,7 @@ def plan(
                 kind=entry.kind,
                 check=entry.check,
                 address=target.address,
+                judged=judged,
             )
             key = (target.fqdn.lower(), entry.port, entry.proto)  # one path (and series) per port
             existing = paths.get(key)

@@ -30,6 +30,10 @@ class Classification(enum.StrEnum):
     RECOVERED = "recovered"  # open again after being blocked
     NEWLY_BLOCKED = "newly_blocked"  # blocked, and was seen open within the retention window
     NEVER_OPEN = "never_open"  # blocked, and not seen open within the retention window
+    #: K non-open probes, never seen open, and the host itself refused (a TCP RST, an ICMP port
+    #: unreachable): nothing listens there. The network delivered the packet: not a firewall, never a
+    #: violation, never a page. Turns NEVER_OPEN when the path is later dropped or rejected by ICMP.
+    NOT_LISTENING = "not_listening"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,12 @@ class PathStatus:
 
     @property
     def blocked(self) -> bool:
-        return self.status is Status.BLOCKED
+        """Blocked by the network: K non-open probes in a row, and not merely a port nobody listens on."""
+        return self.status is Status.BLOCKED and self.classification is not Classification.NOT_LISTENING
+
+    @property
+    def not_listening(self) -> bool:
+        return self.status is Status.BLOCKED and self.classification is Classification.NOT_LISTENING
 
     def duration(self, now: float) -> float:
         """Seconds in the current status; never negative, even after the clock jumped backwards."""

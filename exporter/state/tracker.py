@@ -68,12 +68,17 @@ class Verdict:
     """Is this (source's part of the) organisation supportable? compliant is None when we cannot tell."""
 
     compliant: bool | None
-    required: int  # required paths planned
+    required: int  # required paths planned (and judged: probed from an Exchange server or a DC)
     open: int
     blocked: int
     unknown: int  # pending, or only our own errors lately
     offending: tuple[NetworkPath, ...]  # the required paths that are blocked
     undetermined: tuple[NetworkPath, ...]  # the required paths counted as unknown
+    not_listening: int = 0  # required paths whose host refused and that never worked: no violation
+    #: False when the source is no Exchange server or DC (an observer, a client zone): Microsoft's rule
+    #: is about traffic between those; a monitoring host may sit behind a firewall of its own
+    applicable: bool = True
+    reason: str = ""  # why compliant is None, or why the rule does not apply
 
 
 class Tracker:
@@ -213,8 +218,15 @@ class Tracker:
                 moved_from = status
                 # a clock that went back makes wall - last_open negative: that is "recently", not never
                 recent = last_open is not None and wall - last_open <= self.retention
-                classification = Classification.NEWLY_BLOCKED if recent else Classification.NEVER_OPEN
+                if recent:
+                    classification = Classification.NEWLY_BLOCKED
+                elif state is State.REFUSED and last_open is None:
+                    classification = Classification.NOT_LISTENING  # the host answered: nothing listens
+                else:
+                    classification = Classification.NEVER_OPEN
                 status, since = Status.BLOCKED, wall
+            elif classification is Classification.NOT_LISTENING and state is not State.REFUSED:
+                classification = Classification.NEVER_OPEN  # now something drops or rejects it on the way
         elif state in _OWN_ERRORS:
             errors += 1
 
@@ -275,27 +287,42 @@ class Tracker:
 
     def _judge(self, items: Iterable[tuple[str, NetworkPath]]) -> Verdict:
         records = self._records
-        opened = 0
+        opened = silent = 0
         offending: list[NetworkPath] = []
         undetermined: list[NetworkPath] = []
+        observed = False  # required paths seen only from observers: the rule does not apply to them
         for key, p in items:
             if not p.required:
                 continue  # Edge and client paths may legitimately be filtered
+            if not p.judged:
+                observed = True
+                continue
             record = records.get(key)
             if record is None or record.status is Status.PENDING:
                 undetermined.append(p)
             elif record.blocked:
                 offending.append(p)
+            elif record.not_listening:
+                silent += 1
             elif record.consecutive_errors >= self.k:
                 undetermined.append(p)  # open once, but we have not been able to look for a while
             else:
                 opened += 1
-        required = opened + len(offending) + len(undetermined)
+        required = opened + silent + len(offending) + len(undetermined)
         compliant: bool | None
+        reason = ""
         if offending:
             compliant = False
-        elif undetermined or required == 0:
+        elif required == 0:
             compliant = None
+            reason = (
+                "not applicable: an observer's paths are reported, but only Exchange servers' and domain "
+                "controllers' own paths are subject to Microsoft's rule"
+                if observed
+                else "no required path is planned"
+            )
+        elif undetermined:
+            compliant, reason = None, "undetermined: required paths pending or only our own errors lately"
         else:
             compliant = True
         return Verdict(
@@ -306,6 +333,9 @@ class Tracker:
             len(undetermined),
             tuple(offending),
             tuple(undetermined),
+            silent,
+            applicable=required > 0 or not observed,
+            reason=reason,
         )
 
     def changes(self, since: float = 0.0, limit: int = 100) -> list[Transition]:
