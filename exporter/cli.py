@@ -15,7 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    logsetup.setup(args.log_level, getattr(args, "log_file", None))
+    logsetup.setup(args.log_level, getattr(args, "log_file", None), getattr(args, "log_format", "text"))
     try:
         if args.command == "service":
             from exporter.commands.service import run_service_command

@@ -21,9 +21,7 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         default="table",
         help="yaml: a static inventory file; json: the same structure (default table)",
     )
-    parser.add_argument(
-        "--log.level", dest="log_level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    _log_flags(parser, level="warning")
 
 
 def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: str = "--ldap-timeout") -> None:
@@ -80,8 +78,25 @@ def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: st
     )
 
 
+def _log_flags(parser: argparse.ArgumentParser, level: str = "info") -> None:
+    parser.add_argument(
+        "--log.level", dest="log_level", default=level, choices=["debug", "info", "warn", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="text",
+        choices=["text", "logfmt", "json"],
+        help="text (default), logfmt as Prometheus's exporters write it, or one JSON object a line",
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inventory", metavar="FILE", help="static inventory YAML (default: the demo)")
+    parser.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="static inventory YAML (serve needs this or --ldap-url/--domain; check defaults to the demo)",
+    )
     parser.add_argument(
         "--source",
         default=None,
@@ -134,9 +149,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SERVICE",
         help="probe an optional client service too (pop3, pop3s, imap, imaps, um-callrouter-sip...)",
     )
-    parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    _log_flags(parser)
     parser.add_argument(
         "--log.file",
         dest="log_file",
@@ -312,9 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVE FLAGS",
         help="the serve flags the service runs with (install), e.g. --ldap-url ldaps://dc1... --mesh",
     )
-    service.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    _log_flags(service)
     check = sub.add_parser("check", help="probe every planned path once and exit 0/1/2")
     _common(check)
     add_directory_arguments(check)

@@ -174,6 +174,14 @@ def _inventory(args: argparse.Namespace) -> InventorySettings:
     directory = None
     if not args.inventory and wants_directory(args):
         directory = ldap_settings(args)  # ConfigError (exit 2) before anything starts
+    elif not args.inventory and args.command == "serve":
+        # a unit or container that lost its inventory flag must not probe the demo's listeners and page
+        # someone a minute later with the demo's made-up block
+        raise ConfigError(
+            "serve needs an inventory: --inventory FILE, or --ldap-url URL / --domain NAME to read the "
+            "organisation from Active Directory",
+            fix="for the built-in demo organisation run `exchange-firewall-exporter demo` (or `make run`)",
+        )
     return InventorySettings(
         file=args.inventory,
         directory=directory,

@@ -492,7 +492,13 @@ def test_the_webhook_logger_prints_each_alert() -> None:
 
 # ---------------------------------------------------------------------------------------------- Kubernetes
 
-CORE_FILES = ("configmap-inventory.yaml", "deployment.yaml", "daemonset-agent.yaml", "service.yaml")
+CORE_FILES = (
+    "configmap-inventory.yaml",
+    "pvc-state.yaml",
+    "deployment.yaml",
+    "daemonset-agent.yaml",
+    "service.yaml",
+)
 CRD_FILES = ("servicemonitor.yaml", "prometheusrule.yaml")
 
 
@@ -518,7 +524,8 @@ def test_core_manifests_validate_against_every_kubernetes_schema_shipped() -> No
     versions = sorted(set(kv.utils.all_versions()), key=lambda v: tuple(map(int, v.split("."))))
     assert len(versions) >= 2
     documents = [doc for file in CORE_FILES for doc in yaml_docs(K8S / file)]
-    assert {doc["kind"] for doc in documents} == {"ConfigMap", "Deployment", "DaemonSet", "Service"}
+    kinds = {doc["kind"] for doc in documents}
+    assert kinds == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "DaemonSet", "Service"}
     for version in versions:
         for doc in documents:
             try:
@@ -701,9 +708,18 @@ def test_workload_flags_volumes_and_inventory_fit_together(tmp_path: Path) -> No
             assert variable in {env["name"] for env in container.get("env", [])}, f"{name}: $({variable})"
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
-        # the baseline on a writable emptyDir, the inventory from the ConfigMap, /tmp writable
+        # the inventory from the ConfigMap, /tmp writable, and the baseline writable: for the observer on
+        # its PersistentVolumeClaim with a Recreate rollout (a rollout must not forget which paths used
+        # to work, nor run two observers with one identity), for the per-node agents on an emptyDir
         state = mounts[str(PurePosixPath(args.state_file).parent)]
-        assert "emptyDir" in volumes[state["name"]] and not state.get("readOnly"), name
+        assert not state.get("readOnly"), name
+        if workload["kind"] == "Deployment":
+            (claim,) = k8s("PersistentVolumeClaim")
+            assert volumes[state["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+            assert workload["spec"]["strategy"] == {"type": "Recreate"}, name
+            assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        else:
+            assert "emptyDir" in volumes[state["name"]], name
         assert "emptyDir" in volumes[mounts["/tmp"]["name"]], name
         inventory = PurePosixPath(args.inventory)
         inventory_mount = mounts[str(inventory.parent)]
@@ -817,9 +833,11 @@ def test_the_deploying_guide_covers_every_target() -> None:
         "/api/v1/sd",
         "http_sd_configs",
         "--web.config.file",
-        "New-NetFirewallRule",
-        "%PROGRAMDATA%\\exchange-firewall-exporter",
-        "nssm install",
+        "netsh advfirewall firewall add rule",
+        "%ProgramData%\\exchange-firewall-exporter",
+        "service install",
+        "NT SERVICE\\ExchangeFirewallExporter",
+        "pvc-state.yaml",
         "htpasswd -nBC 10",
     ):
         assert mention in guide, mention
@@ -875,25 +893,26 @@ def test_the_guides_compose_override_follows_the_specification(tmp_path: Path) -
 
 
 def test_the_guides_windows_service_commands_use_real_flags() -> None:
+    """Every `exchange-firewall-exporter.exe check|service install` in the Windows guide parses with the
+    exporter's own parser (serve's flags for the service)."""
     import shlex
-    import xml.etree.ElementTree as ElementTree
 
-    def exporter_args(command_line: str) -> Any:
-        argv = shlex.split(command_line.replace("\\", "/"))
-        assert argv[:2] == ["-m", "exporter"], argv
-        return cli_args(argv[2:])
-
-    (winsw,) = guide_blocks("xml", "<service>")
-    service = ElementTree.fromstring(winsw)
-    assert service.findtext("id") == "exchange-firewall-exporter"
-    assert service.findtext("serviceaccount/user") == "LocalService"
-    parsed = exporter_args(service.findtext("arguments") or "")
-    assert parsed.command == "serve" and "ProgramData" in parsed.state_file
-    (nssm,) = guide_blocks("powershell", "nssm install")
-    parameters = re.search(r'AppParameters "(.+)"', nssm)
-    assert parameters is not None
-    parsed = exporter_args(parameters.group(1))
-    assert parsed.command == "serve" and parsed.mesh
+    commands = [
+        shlex.split(line.replace("`\n", " ").replace("\\", "/"))
+        for block in guide_blocks("powershell", "exchange-firewall-exporter.exe")
+        for line in block.replace("`\n", " ").splitlines()
+        if "exchange-firewall-exporter.exe" in line
+    ]
+    kinds = set()
+    for argv in commands:
+        argv = argv[argv.index(next(a for a in argv if a.endswith("exchange-firewall-exporter.exe"))) + 1 :]
+        if argv[:2] == ["service", "install"]:
+            parsed = cli_args(["serve", *argv[2:]])
+            assert parsed.ldap_urls and parsed.bind_password_file and parsed.mesh
+        elif argv[0] == "check":
+            assert cli_args(argv).command == "check"
+        kinds.add(argv[0] if argv[0] != "service" else f"service {argv[1]}")
+    assert {"check", "service install", "service start"} <= kinds
 
 
 def test_the_guides_systemd_credentials_drop_in_verifies(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ from tests.lab.organisations import GOOD
 def test_a_bad_value_exits_2_naming_the_flag_and_the_fix(
     argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    if argv[0] == "serve":
+        argv = [*argv, "--inventory", "org.yaml"]  # read only after every flag passed its check
     assert main([*argv, "--state-file", ""] if argv[0] != "check" else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} ") and "(fix: " in err
@@ -91,3 +93,44 @@ def test_without_source_the_agent_is_the_member_with_this_machine_s_name(tmp_pat
     assert identity(settings, load_inventory(inventory)) == f"{short}.ad.contoso.test"
     given = from_args(build_parser().parse_args(["check", "--inventory", str(inventory), "--source", "x.y"]))
     assert identity(given, load_inventory(inventory)) == "x.y"
+
+
+def test_serve_without_an_inventory_refuses_to_run_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    """A unit or container that lost its --inventory must not probe the demo organisation (whose made-up
+    block would page someone a minute later): exit 2, naming the flags and the demo command."""
+    assert main(["serve", "--state-file", ""]) == 2
+    err = capsys.readouterr().err
+    for needed in ("--inventory", "--ldap-url", "--domain", "exchange-firewall-exporter demo"):
+        assert needed in err
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_log_formats_are_one_parseable_record_a_line(fmt: str) -> None:
+    """--log.format logfmt|json (as Prometheus's exporters), --log.level warn; a hostile message (a CR/LF
+    forging a record, quotes, a bidi override) stays inside one record."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    script = (
+        "import logging; from exporter import logsetup\n"
+        f"logsetup.setup('warn', None, {fmt!r})\n"
+        "log = logging.getLogger('exporter.test')\n"
+        "log.info('not shown at warn')\n"
+        "log.warning('site %s', 'HQ\\r\\nlevel=error msg=\"forged\" \\u202e')\n"
+        "try:\n    raise KeyError('boom')\nexcept KeyError:\n    log.exception('it failed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    if fmt == "json":
+        first, second = (json.loads(line) for line in lines)
+        assert (first["level"], first["logger"]) == ("warn", "exporter.test")
+        assert first["msg"] == 'site HQ\r\nlevel=error msg="forged" \u202e' and "KeyError" in second["exc"]
+    else:
+        fields = [dict(part.split("=", 1) for part in shlex.split(line)) for line in lines]
+        assert (fields[0]["level"], fields[0]["logger"]) == ("warn", "exporter.test")
+        assert fields[0]["msg"].startswith("site HQ") and "\n" not in fields[0]["msg"]
+        assert fields[1]["level"] == "error" and "KeyError" in fields[1]["msg"]
+    assert main(["check", "--log.format", fmt, "--log.level", "warn", "--output", "json"]) == 1  # the demo

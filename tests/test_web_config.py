@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +165,136 @@ def test_bad_web_config_is_a_clear_error_without_secrets(
     with pytest.raises(ConfigError, match=message) as err:
         load_web_config(file)
     assert "plaintext" not in str(err.value)
+
+
+# ---- every exporter-toolkit key Python's ssl can honour is honoured; the others stop start-up ---------
+
+
+def tls_config(workdir: Path, **extra: object) -> dict[str, object]:
+    return {
+        "tls_server_config": {
+            "cert_file": str(workdir / "server.pem"),
+            "key_file": str(workdir / "server.pem"),
+            **extra,
+        }
+    }
+
+
+def test_a_client_certificate_outside_client_allowed_sans_is_refused(
+    pki: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    workdir, _server_ca, client_ca = pki
+    client_ca.issue_cert("grafana").private_key_and_cert_chain_pem.write_to_path(str(workdir / "grafana.pem"))
+    web = tls_config(
+        workdir,
+        client_auth_type="RequireAndVerifyClientCert",
+        client_ca_file=str(workdir / "client-ca.pem"),
+        client_allowed_sans=["prometheus", "prometheus-2"],
+    )
+    svc, log = start(tmp_path, web)
+    try:
+        with client(workdir, "client.pem") as allowed:  # signed by the CA, SAN prometheus: in
+            assert allowed.get(svc.base + "/metrics").status_code == 200
+        with client(workdir, "grafana.pem") as other, pytest.raises(httpx.TransportError):
+            other.get(svc.base + "/metrics")  # signed by the same CA, SAN grafana: not in the list
+    finally:
+        svc.stop()
+    assert "client certificate grafana is not in client_allowed_sans" in log.read_text()
+
+
+def test_min_version_tls13_refuses_a_tls12_only_client_and_headers_are_added(
+    pki: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    workdir = pki[0]
+    web = tls_config(workdir, min_version="TLS13")
+    web["http_server_config"] = {"headers": {"Strict-Transport-Security": "max-age=31536000"}}
+    svc, _log = start(tmp_path, web)
+    try:
+        modern = ssl.create_default_context(cafile=str(workdir / "server-ca.pem"))
+        response = httpx.get(svc.base + "/-/healthy", verify=modern, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["strict-transport-security"] == "max-age=31536000"
+        old = ssl.create_default_context(cafile=str(workdir / "server-ca.pem"))
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(svc.base + "/-/healthy", verify=old, timeout=10)
+    finally:
+        svc.stop()
+
+
+def test_max_version_and_tls12_cipher_suites_are_enforced(
+    pki: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    workdir = pki[0]
+    web = tls_config(
+        workdir,
+        max_version="TLS12",
+        cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+        curve_preferences=["CurveP384"],
+    )
+    svc, _log = start(tmp_path, web)
+    try:
+        context = ssl.create_default_context(cafile=str(workdir / "server-ca.pem"))
+        context.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")  # trustme: EC keys
+        with httpx.Client(verify=context, timeout=10) as both:
+            response = both.get(svc.base + "/-/healthy")
+            assert response.status_code == 200
+        host, port = svc.base.removeprefix("https://").rsplit(":", 1)
+        raw = socket.create_connection((host, int(port)), timeout=10)
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            assert (tls.version(), tls.cipher()[0]) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
+        only_13 = ssl.create_default_context(cafile=str(workdir / "server-ca.pem"))
+        only_13.minimum_version = ssl.TLSVersion.TLSv1_3
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(svc.base + "/-/healthy", verify=only_13, timeout=10)
+        other_cipher = ssl.create_default_context(cafile=str(workdir / "server-ca.pem"))
+        other_cipher.maximum_version = ssl.TLSVersion.TLSv1_2
+        other_cipher.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(svc.base + "/-/healthy", verify=other_cipher, timeout=10)
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"tls_server_config": {"curve_preferences": ["X25519", "CurveP256"]}},
+            "curve_preferences .* cannot be honoured",
+        ),
+        (
+            {"tls_server_config": {"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
+            "cipher_suites .* cannot be honoured",
+        ),
+        ({"http_server_config": {"http2": True}}, "http2 cannot be honoured"),
+        (
+            {"tls_server_config": {"client_allowed_sans": ["prometheus"]}},
+            "client_allowed_sans needs verified",
+        ),
+        ({"tls_server_config": {"renegotiation": "never"}}, "unknown keys"),
+    ],
+)
+def test_a_key_that_cannot_be_honoured_stops_start_up_with_exit_2(
+    pki: tuple[Path, trustme.CA, trustme.CA],
+    tmp_path: Path,
+    extra: dict[str, dict[str, object]],
+    message: str,
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    web = tls_config(pki[0])
+    for section, values in extra.items():
+        web[section] = {**(web.get(section) or {}), **values}  # type: ignore[dict-item]
+    file = tmp_path / "web.yml"
+    file.write_text(yaml.safe_dump(web))
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(loopback_org("127.0.40.", servers=1)))
+    argv = serve_args(inventory, "--web.config.file", str(file), source="o", interval=5, timeout=0.3)
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert re.search(message, done.stderr), done.stderr

@@ -137,7 +137,7 @@ def test_off_windows_install_prints_the_commands_and_runs_nothing(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["service", "install"], "a service needs an inventory"),
+        (["service", "install"], "serve needs an inventory"),
         (
             ["service", "install", "--inventory", "x.yaml", "--timeout", "0"],
             "--timeout must be greater than 0",

@@ -21,7 +21,7 @@ def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], Non
     import uvicorn
 
     from exporter.outputs.app import create_app
-    from exporter.outputs.webconfig import BasicAuth, load_web_config
+    from exporter.outputs.webconfig import BasicAuth, ResponseHeaders, checked_protocol, load_web_config
 
     web_settings = settings.web
     assert web_settings is not None, "serve and demo have web settings"
@@ -38,8 +38,12 @@ def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], Non
     if web is not None:
         if web.basic_auth:
             app = BasicAuth(app, web.users)
+        if web.headers:
+            app = ResponseHeaders(app, web.headers)
         if web.tls is not None:
             tls_kwargs = web.tls.uvicorn_kwargs()
+            if web.tls.allowed_sans:
+                tls_kwargs["http"] = checked_protocol(web.tls.allowed_sans)
     config = uvicorn.Config(
         app,
         host=web_settings.host,
@@ -53,7 +57,7 @@ def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], Non
     if web is not None and web.tls is not None:
         config.load()
         assert config.ssl is not None
-        config.ssl.minimum_version = web.tls.min_version
+        web.tls.apply(config.ssl)
     server = _graceful_server_class()(config)
     if on_stop is not None:
 

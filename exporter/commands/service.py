@@ -154,12 +154,7 @@ def plan_service(
     if "--state-file" not in args:
         args += ["--state-file", ntpath.join(folder, "state.sqlite")]
     parsed = build_parser().parse_args(["serve", *args])
-    settings = from_args(parsed)
-    if settings.inventory.demo:
-        raise ConfigError(
-            "a service needs an inventory: --inventory FILE, or --ldap-url / --domain for Active Directory",
-            fix="e.g. service install --ldap-url ldaps://dc1.contoso.com --bind-user ... --mesh",
-        )
+    settings = from_args(parsed)  # serve refuses to run without an inventory: so does the service
     assert settings.web is not None
     return ServicePlan(program or this_program(), tuple(args), settings.web.port, folder)
 

@@ -40,7 +40,7 @@ def _service_class(name: str, display_name: str) -> type:
             from exporter.settings import from_args
 
             args = build_parser().parse_args(["serve", *_serve_flags(sys.argv)])
-            logsetup.setup(args.log_level, args.log_file)
+            logsetup.setup(args.log_level, args.log_file, args.log_format)
             servicemanager.LogInfoMsg(f"{name}: starting")
 
             def keep(stop: Callable[[], None]) -> None:

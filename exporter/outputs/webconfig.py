@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import ssl
 import threading
@@ -34,6 +35,8 @@ from starlette.responses import PlainTextResponse, Response
 
 from exporter.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
     "RequestClientCert": ssl.CERT_OPTIONAL,
@@ -47,6 +50,29 @@ TLS_VERSIONS = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
+#: Go's TLS 1.2 cipher suite names (what exporter-toolkit configs carry) -> OpenSSL's. TLS 1.3 suites are
+#: not configurable, in Go as here.
+CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+#: Go's curve names -> OpenSSL's. Python's ssl sets one ECDH curve (SSLContext.set_ecdh_curve), not a list
+CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1", "X25519": "X25519"}
 UNAUTHENTICATED_PATHS = frozenset({"/-/healthy"})
 _KNOWN_TOP = {"tls_server_config", "basic_auth_users", "http_server_config"}
 _KNOWN_TLS = {
@@ -70,19 +96,37 @@ class TLSSettings:
     client_ca_file: str | None = None
     client_auth: ssl.VerifyMode = ssl.CERT_NONE
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    max_version: ssl.TLSVersion | None = None
+    ciphers: str | None = None  # OpenSSL names, for TLS 1.2
+    prefer_server_ciphers: bool = False
+    curve: str | None = None  # OpenSSL's name of the one ECDH curve
+    allowed_sans: frozenset[str] = frozenset()  # client certificate SANs let in (empty: any the CA signed)
 
     def uvicorn_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file}
         if self.client_ca_file:
             kwargs["ssl_ca_certs"] = self.client_ca_file
         kwargs["ssl_cert_reqs"] = int(self.client_auth)
+        if self.ciphers:
+            kwargs["ssl_ciphers"] = self.ciphers
         return kwargs
+
+    def apply(self, context: ssl.SSLContext) -> None:
+        """The settings uvicorn has no keyword for, on the context it built."""
+        context.minimum_version = self.min_version
+        if self.max_version is not None:
+            context.maximum_version = self.max_version
+        if self.prefer_server_ciphers:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        if self.curve:
+            context.set_ecdh_curve(self.curve)
 
 
 @dataclass(frozen=True)
 class WebConfig:
     tls: TLSSettings | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    headers: tuple[tuple[str, str], ...] = ()  # http_server_config.headers: added to every response
 
     @property
     def basic_auth(self) -> bool:
@@ -108,6 +152,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     if unknown:
         raise ConfigError(f"{file}: unknown keys {sorted(unknown)}", fix=f"use {sorted(_KNOWN_TOP)}")
     tls = _tls(file, data.get("tls_server_config"))
+    headers = _http_server_config(file, data.get("http_server_config"))
     users: dict[str, bytes] = {}
     for user, hashed in (data.get("basic_auth_users") or {}).items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
@@ -116,7 +161,39 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
                 fix="store bcrypt hashes, never passwords (htpasswd -nBC 10 USER)",
             )
         users[str(user)] = hashed.replace("$2y$", "$2b$", 1).encode()
-    return WebConfig(tls, users)
+    return WebConfig(tls, users, headers)
+
+
+def _http_server_config(file: Path, section: Any) -> tuple[tuple[str, str], ...]:
+    """`headers` is honoured; `http2: true` cannot be (uvicorn speaks HTTP/1.1): refused, not ignored."""
+    if not section:
+        return ()
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: http_server_config must be a mapping", fix="see the README")
+    unknown = set(section) - {"headers", "http2"}
+    if unknown:
+        raise ConfigError(
+            f"{file}: http_server_config: unknown keys {sorted(unknown)}", fix="check the spelling"
+        )
+    if section.get("http2"):
+        raise ConfigError(
+            f"{file}: http_server_config.http2 cannot be honoured: this server speaks HTTP/1.1 only",
+            fix="remove it (Prometheus scrapes over HTTP/1.1)",
+        )
+    headers = section.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _token(k) and "\r" not in v and "\n" not in v
+        for k, v in headers.items()
+    ):
+        raise ConfigError(
+            f"{file}: http_server_config.headers must map header names to one-line values",
+            fix="e.g. {Strict-Transport-Security: max-age=31536000}",
+        )
+    return tuple((str(k), str(v)) for k, v in headers.items())
+
+
+def _token(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
 
 
 def _tls(file: Path, section: Any) -> TLSSettings | None:
@@ -155,22 +232,130 @@ def _tls(file: Path, section: Any) -> TLSSettings | None:
         raise ConfigError(
             f"{file}: {auth_type} needs client_ca_file", fix="add the CA that signs client certs"
         )
-    version = section.get("min_version", "TLS12")
-    if version not in TLS_VERSIONS:
+    versions = []
+    for name, default in (("min_version", "TLS12"), ("max_version", None)):
+        version = section.get(name, default)
+        if version is not None and version not in TLS_VERSIONS:
+            raise ConfigError(
+                f"{file}: {name} {version!r} is unknown", fix=f"use one of {list(TLS_VERSIONS)}"
+            )
+        versions.append(TLS_VERSIONS[version] if version is not None else None)
+    low, high = versions
+    assert low is not None
+    if high is not None and high < low:
+        raise ConfigError(f"{file}: max_version is below min_version", fix="raise max_version")
+    ciphers = None
+    if section.get("cipher_suites"):
+        names = section["cipher_suites"]
+        wrong = [n for n in names if n not in CIPHER_SUITES] if isinstance(names, list) else [names]
+        if wrong:
+            raise ConfigError(
+                f"{file}: cipher_suites {wrong} cannot be honoured (not a TLS 1.2 suite known here)",
+                fix=f"use Go's names, e.g. {next(iter(CIPHER_SUITES))}",
+            )
+        ciphers = ":".join(CIPHER_SUITES[n] for n in names)
+    curve = None
+    if section.get("curve_preferences"):
+        curves = section["curve_preferences"]
+        if not isinstance(curves, list) or len(curves) != 1 or curves[0] not in CURVES:
+            raise ConfigError(
+                f"{file}: curve_preferences {curves!r} cannot be honoured: Python's ssl sets exactly one "
+                "ECDH curve, by name",
+                fix=f"give one of {list(CURVES)}, or leave curve_preferences out",
+            )
+        curve = CURVES[curves[0]]
+    sans = section.get("client_allowed_sans") or []
+    if not isinstance(sans, list) or not all(isinstance(san, str) and san for san in sans):
+        raise ConfigError(f"{file}: client_allowed_sans must be a list of names", fix="e.g. [prometheus]")
+    if sans and auth_type not in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
         raise ConfigError(
-            f"{file}: min_version {version!r} is unknown", fix=f"use one of {list(TLS_VERSIONS)}"
+            f"{file}: client_allowed_sans needs verified client certificates",
+            fix="set client_auth_type: RequireAndVerifyClientCert and client_ca_file",
         )
-    settings = TLSSettings(cert, key, client_ca, CLIENT_AUTH[auth_type], TLS_VERSIONS[version])
+    settings = TLSSettings(
+        cert,
+        key,
+        client_ca,
+        CLIENT_AUTH[auth_type],
+        low,
+        high,
+        ciphers,
+        bool(section.get("prefer_server_cipher_suites", False)),
+        curve,
+        frozenset(sans),
+    )
     try:  # fail at start-up, not on the first scrape
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         if client_ca:
             context.load_verify_locations(client_ca)
-    except (ssl.SSLError, OSError) as exc:
+        if ciphers:
+            context.set_ciphers(ciphers)
+        settings.apply(context)
+    except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(
-            f"{file}: the certificate, key or CA does not load: {exc}", fix="check the files"
+            f"{file}: the TLS settings do not load: {exc}", fix="check the files and names"
         ) from None
     return settings
+
+
+def client_sans(certificate: dict[str, Any] | None) -> set[str]:
+    """Every name a (verified) peer certificate carries: its subjectAltName values, then its CN."""
+    if not certificate:
+        return set()
+    names = {str(value) for _kind, value in certificate.get("subjectAltName", ())}
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(str(value))
+    return names
+
+
+def allowed_client(certificate: dict[str, Any] | None, allowed: frozenset[str]) -> bool:
+    """exporter-toolkit's client_allowed_sans: one of the certificate's SANs must be listed."""
+    return not allowed or bool(client_sans(certificate) & allowed)
+
+
+def checked_protocol(allowed: frozenset[str]) -> type:
+    """uvicorn's HTTP protocol, closing a connection whose (verified) client certificate has none of the
+    `allowed` SANs right after the handshake, before a request is read: client_allowed_sans."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class AllowedSans(AutoHTTPProtocol):  # type: ignore[misc,valid-type,unused-ignore]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            certificate = ssl_object.getpeercert() if ssl_object is not None else None
+            if not allowed_client(certificate, allowed):
+                log.warning(
+                    "closed a connection: client certificate %s is not in client_allowed_sans",
+                    ",".join(sorted(client_sans(certificate))[:5]) or "(none)",
+                )
+                transport.close()
+
+    return AllowedSans
+
+
+class ResponseHeaders:
+    """ASGI middleware: http_server_config.headers on every response."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], headers: tuple[tuple[str, str], ...]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _v in self.headers}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + self.headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class BasicAuth:
