@@ -54,5 +54,5 @@ def test_check_csv_and_table_outputs(tmp_path: Path, listeners: Listeners) -> No
         cwd=REPO,
         env={**os.environ, "COLUMNS": "160"},
     )
-    assert "ex1.loop.test (mailbox, site S): 0/14 open" in table.stdout
+    assert "ex1.loop.test (mailbox, site S): 0/15 open" in table.stdout
     assert "required path(s) NOT open" in table.stdout

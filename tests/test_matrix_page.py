@@ -71,11 +71,11 @@ def test_matrix_renders_the_known_state_in_chromium(demo: Service, tmp_path: Pat
     }
     # SE's 2525 is closed on purpose: its host refuses a port that never worked, nothing listens there
     assert cells["exse.demo.example"][0] == "cell v-not-listening"
-    assert cells["exse.demo.example"][1].startswith("○ not listening 1/14")  # icon and words, not colour
+    assert cells["exse.demo.example"][1].startswith("○ not listening 1/15")  # icon and words, not colour
     assert "2525/tcp smtp-transport: refused ECONNREFUSED" in cells["exse.demo.example"][1]
     for target in ("dc1.demo.example", "dc2.demo.example", "ex16a.demo.example", "ex19a.demo.example"):
         assert cells[target][0] == "cell v-open", target
-    assert "80 paths: 1 not listening, 79 open" in dom
+    assert "84 paths: 1 not listening, 83 open" in dom
     assert "exse.demo.example 2525/tcp: pending → <b>blocked</b> (not_listening)" in dom  # the change log
 
 

@@ -6,9 +6,10 @@ from collections import Counter
 
 import yaml
 
+from exporter.inventory.model import Role
 from exporter.inventory.static import parse_inventory
 from exporter.plan.catalogue import CATALOGUE, CHECKS, PathKind
-from exporter.plan.planner import NetworkPath, Vantage, plan
+from exporter.plan.planner import NetworkPath, Vantage, plan, roles_of
 from exporter.probes import registry
 from tests.lab.organisations import GOOD
 
@@ -41,6 +42,7 @@ def test_observer_probes_every_members_server_side_ports() -> None:
         3343,
         64337,
         64400,
+        81,
     }
     # a global catalog answers 3268/3269, a read-only DC that is not a GC does not
     assert {port for port, _ in ports(paths, "dc1.contoso.test")} == {
@@ -150,6 +152,8 @@ def test_catalogue_rows_are_well_formed() -> None:
         assert 0 < row.port < 65536 and row.proto in ("tcp", "udp")
         assert row.service == row.service.lower() and " " not in row.service
         assert row.proto == "tcp" or row.check != "tcp"  # a UDP port is only proven by a protocol answer
+        assert row.source, f"{row.port}/{row.proto} {row.service} names no source"
+        assert not (row.advisory and row.kind not in (PathKind.EXCHANGE_EXCHANGE, PathKind.EXCHANGE_DC))
     assert {"tcp", *registry.CHECKS} >= CHECKS  # every check the catalogue names exists in this build
 
 
@@ -164,3 +168,208 @@ def test_protocol_checks_are_planned_where_they_prove_more_than_a_connect() -> N
     observer = {(p.target, p.port): p.check for p in plan(INV, "monitor.contoso.test")}
     assert observer[("ex01.contoso.test", 443)] == "https-health"
     assert observer[("edge1.dmz.test", 25)] == "smtp" and observer[("edge1.dmz.test", 50636)] == "tcp"
+
+
+# ---- the catalogue per product and role ------------------------------------------------------------------
+# One organisation with a server of every product x role layout, all in site S, plus the agent SRC (a 2019
+# Mailbox outside any DAG). Each set below is exactly what the catalogue says that target listens on.
+LAYOUTS = {
+    "h10": ("2010", ["hubtransport"]),
+    "c10": ("2010", ["clientaccess"]),
+    "m10": ("2010", ["mailbox"]),
+    "a10": ("2010", ["mailbox", "clientaccess", "hubtransport"]),
+    "c13": ("2013", ["clientaccess"]),
+    "m13": ("2013", ["mailbox"]),
+    "a13": ("2013", ["mailbox", "clientaccess"]),
+    "x16": ("2016", ["mailbox"]),
+    "x19": ("2019", ["mailbox"]),
+    "xse": ("SE", ["mailbox"]),
+    "edge": ("SE", ["edge"]),
+}
+LAYOUT_INV = parse_inventory(
+    {
+        "organisation": "o",
+        "servers": [
+            {"name": name, "fqdn": f"{name}.t", "roles": roles, "version": version, "site": "S"}
+            for name, (version, roles) in {**LAYOUTS, "src": ("2019", ["mailbox"])}.items()
+        ],
+    }
+)
+WINDOWS = {80, 135, 445}  # remote PowerShell, RPC endpoint mapper, SMB: every internal Exchange server
+BACK_END_2013 = {25, 81, 444, 465, 475, 808}  # the 2013 back end (a standalone Mailbox's Transport on 25)
+FRONT_END_2013 = {25, 443, 587, 717}  # the 2013 front end: CAFE, FET
+ADVISORY = {139, 64337}
+
+
+def exchange_ports(target: str) -> tuple[set[int], set[int]]:
+    """(required, advisory) ports another Exchange server probes on `target`."""
+    paths = [p for p in plan(LAYOUT_INV, "src.t", connect_only=True) if p.target == target]
+    return {p.port for p in paths if p.required}, {p.port for p in paths if not p.required}
+
+
+def client_ports(target: str, optional: frozenset[str] = frozenset()) -> set[int]:
+    return {
+        p.port
+        for p in plan(LAYOUT_INV, "c", vantage=Vantage.CLIENT, optional_services=optional)
+        if p.target == target
+    }
+
+
+def test_exchange_2010_roles_apart_and_together() -> None:
+    # only Hub Transport runs SMTP; MRS and Outlook Anywhere's back end live on Client Access
+    assert exchange_ports("h10.t") == (WINDOWS | {25, 587}, set())
+    assert exchange_ports("c10.t") == (WINDOWS | {443, 808, 6001}, set())
+    assert exchange_ports("m10.t") == (WINDOWS | {6001}, set())
+    assert exchange_ports("a10.t") == (WINDOWS | {25, 443, 587, 808, 6001}, set())
+    assert client_ports("h10.t") == {587}
+    assert client_ports("c10.t") == {80, 135, 443}
+    assert client_ports("m10.t") == set()
+    assert client_ports("a10.t", frozenset({"imaps", "pop3s"})) == {80, 135, 443, 587, 993, 995}
+
+
+def test_exchange_2013_client_access_and_mailbox_apart_and_together() -> None:
+    # Client Access: CAFE and FET only (no MRS, no UM service, no back end)
+    assert exchange_ports("c13.t") == (WINDOWS | FRONT_END_2013, {139})
+    # a standalone Mailbox: its Transport service listens on 25 (not 2525); no 587/717, the UM service
+    assert exchange_ports("m13.t") == (WINDOWS | BACK_END_2013 | {5062, 5063}, ADVISORY)
+    # together: FET holds 25, so Transport moves to 2525
+    assert exchange_ports("a13.t") == (
+        WINDOWS | FRONT_END_2013 | BACK_END_2013 | {2525, 5062, 5063},
+        ADVISORY,
+    )
+    assert client_ports("c13.t", frozenset({"um-callrouter-sip"})) == {80, 443, 587, 5060}
+    assert client_ports("m13.t", frozenset({"um-callrouter-sip", "imap"})) == set()
+    assert client_ports("a13.t") == {80, 443, 587}
+
+
+def test_exchange_2016_2019_and_se_mailbox() -> None:
+    everything = WINDOWS | FRONT_END_2013 | BACK_END_2013 | {2525}
+    assert exchange_ports("x16.t") == (everything | {5062, 5063}, ADVISORY)  # UM lives on until 2016
+    assert exchange_ports("x19.t") == (everything, ADVISORY)
+    assert exchange_ports("xse.t") == (everything, ADVISORY)
+    assert client_ports("x16.t", frozenset({"um-callrouter-sip"})) == {80, 443, 587, 5060}
+    assert client_ports("x19.t", frozenset({"um-callrouter-sip"})) == {80, 443, 587}
+    assert client_ports("xse.t") == {80, 443, 587}
+
+
+def test_dag_members_add_the_cluster_and_replication_ports() -> None:
+    inv = parse_inventory(
+        {
+            "organisation": "o",
+            "servers": [
+                {
+                    "name": "a",
+                    "fqdn": "a.t",
+                    "roles": ["mailbox"],
+                    "version": "2010",
+                    "site": "S",
+                    "dag": "D",
+                },
+                {"name": "b", "fqdn": "b.t", "roles": ["mailbox"], "version": "SE", "site": "S", "dag": "D"},
+            ],
+        }
+    )
+    assert {p.port for p in plan(inv, "b.t") if p.target == "a.t"} == WINDOWS | {6001, 3343, 64327}
+    assert {p.port for p in plan(inv, "a.t") if p.target == "b.t"} - exchange_ports("xse.t")[
+        0
+    ] - ADVISORY == {
+        3343,
+        64327,
+    }
+
+
+def test_edge_gets_only_25_and_50636_and_never_counts() -> None:
+    edge = [p for p in plan(LAYOUT_INV, "monitor") if p.target == "edge.t"]
+    assert {(p.port, p.kind, p.required) for p in edge} == {
+        (25, PathKind.EDGE, False),
+        (50636, PathKind.EDGE, False),
+    }
+
+
+def test_edge_delivers_to_2010_hub_transport_and_2013_up_mailbox_of_its_own_site() -> None:
+    inv = parse_inventory(
+        {
+            "organisation": "o",
+            "servers": [
+                *(
+                    {
+                        "name": n,
+                        "fqdn": f"{n}.t",
+                        "roles": LAYOUTS[n][1],
+                        "version": LAYOUTS[n][0],
+                        "site": "S",
+                    }
+                    for n in LAYOUTS
+                ),
+                {"name": "far", "fqdn": "far.t", "roles": ["mailbox"], "version": "SE", "site": "Other"},
+            ],
+        }
+    )
+    inward = plan(inv, "edge.t")
+    assert {(p.port, p.kind) for p in inward} == {(25, PathKind.EDGE)}
+    assert {p.target for p in inward} == {"h10.t", "a10.t", "m13.t", "a13.t", "x16.t", "x19.t", "xse.t"}
+    # and only those senders (2010 Hub Transport, 2013+ Mailbox of the subscribed site) probe the Edge
+    senders = {n for n in [*LAYOUTS, "far"] if any(p.target == "edge.t" for p in plan(inv, f"{n}.t"))}
+    assert senders == {"h10", "a10", "m13", "a13", "x16", "x19", "xse"}
+    assert {p.port for p in plan(inv, "m13.t") if p.target == "edge.t"} == {25, 50636}
+
+
+def test_unconfirmed_listeners_are_reported_but_never_required() -> None:
+    # 139 (NetBIOS is optional) and 64337 (only a firewall rule names it): no Microsoft page says every
+    # such server listens there, so a silent one must not make the organisation non-compliant
+    paths = [p for p in plan(LAYOUT_INV, "src.t") if p.port in ADVISORY]
+    assert paths and all(p.advisory and p.judged and not p.required for p in paths)
+    assert {p.kind for p in paths} == {PathKind.EXCHANGE_EXCHANGE}
+
+
+def test_roles_of_folds_each_products_layout() -> None:
+    by_name = {s.name: s for s in LAYOUT_INV.servers}
+    front, back = {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT}, {Role.MAILBOX, Role.HUB_TRANSPORT}
+    assert roles_of(by_name["c10"]) == {Role.CLIENT_ACCESS}  # 2010: as it is
+    assert roles_of(by_name["c13"]) == front
+    assert roles_of(by_name["m13"]) == back
+    assert roles_of(by_name["x19"]) == front | back
+    assert roles_of(by_name["x16"]) == front | back | {Role.UM}
+
+
+def test_file_share_witness_is_probed_by_its_dags_members_and_observers() -> None:
+    inv = parse_inventory(
+        {
+            "organisation": "o",
+            "servers": [
+                {
+                    "name": "a",
+                    "fqdn": "a.t",
+                    "roles": ["mailbox"],
+                    "version": "2019",
+                    "site": "S",
+                    "dag": "D1",
+                },
+                {
+                    "name": "b",
+                    "fqdn": "b.t",
+                    "roles": ["mailbox"],
+                    "version": "2019",
+                    "site": "S",
+                    "dag": "D2",
+                },
+                {"name": "c", "fqdn": "c.t", "roles": ["mailbox"], "version": "2019", "site": "S"},
+            ],
+        }
+    )
+    witnesses = {"D1": "fsw1.t", "D2": "c.t"}  # D2's witness is an Exchange server of the inventory
+    member = [p for p in plan(inv, "a.t", witnesses=witnesses) if p.target == "fsw1.t"]
+    assert [(p.port, p.service, p.check, p.kind, p.target_role, p.required) for p in member] == [
+        (445, "smb-witness", "smb", PathKind.EXCHANGE_EXCHANGE, "witness", True)
+    ]
+    assert not [p for p in plan(inv, "c.t", witnesses=witnesses) if p.target == "fsw1.t"]  # not D1's member
+    assert {p.target for p in plan(inv, "monitor", witnesses=witnesses) if p.port == 445} == {
+        "a.t",
+        "b.t",
+        "c.t",
+        "fsw1.t",
+    }
+    on_c = [p for p in plan(inv, "b.t", witnesses=witnesses) if p.target == "c.t" and p.port == 445]
+    assert len(on_c) == 1 and on_c[0].target_role == "mailbox"  # one path per port, the member's own facts
+    client = plan(inv, "c", vantage=Vantage.CLIENT, witnesses=witnesses)
+    assert "fsw1.t" not in {p.target for p in client}  # a client zone has no business with the witness

@@ -23,7 +23,9 @@ from tests.lab.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
-NOT_LISTENING = (139, 808, 64337)  # planned for a 2019 Mailbox server, and nobody listens on them here
+#: planned for a 2019 Mailbox server, and nobody listens on them here (139 and 64337 are advisory: no
+#: Microsoft page requires them, so they are planned, shown, and never judged; 81 and 808 are required)
+NOT_LISTENING = (81, 139, 808, 64337)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_ports_nobody_listens_on_leave_a_healthy_organisation_compliant_until_a_
     try:
         wait_until(lambda: verdict_of(svc, "ex0.lab.test")["compliant"] is not None, timeout=60)
         verdict = verdict_of(svc, "ex0.lab.test")
-        assert (verdict["compliant"], verdict["blocked"], verdict["not_listening"]) == (True, 0, 3)
+        assert (verdict["compliant"], verdict["blocked"], verdict["not_listening"]) == (True, 0, 2)
         assert verdict["applicable"] is True
         rows = {r["port"]: r for r in svc.get("/api/v1/paths").json()}
         for port in NOT_LISTENING:
@@ -75,7 +77,7 @@ def test_ports_nobody_listens_on_leave_a_healthy_organisation_compliant_until_a_
             assert value(svc, "exchange_path_not_listening", port=str(port)) == 1.0
             assert value(svc, "exchange_path_blocked", port=str(port)) == 0.0
         assert value(svc, "exchange_supportability_compliant", source="ex0.lab.test") == 1.0
-        assert value(svc, "exchange_supportability_not_listening_paths", source="ex0.lab.test") == 3.0
+        assert value(svc, "exchange_supportability_not_listening_paths", source="ex0.lab.test") == 2.0
 
         healthy.block("tcp dport 445 drop")  # a port that worked: the firewall change that pages
         wait_until(lambda: value(svc, "exchange_path_newly_blocked", port="445") == 1.0, timeout=60)

@@ -7,8 +7,9 @@ image installs only the runtime ones, still hash-checked:
     pip install --require-hashes -r runtime.lock
 
 The roots are `[project].dependencies` of pyproject.toml; the closure follows uv's `# via` annotations
-(an entry is needed when a needed entry pulled it in). Markers are not evaluated: the lock is resolved
-for Linux, and so is the image. `pip install --require-hashes` without `--no-deps` then proves the
+(an entry is needed when a needed entry pulled it in). Markers are not evaluated, except that a
+dependency for `sys_platform == 'win32'` alone is left out: the lock is resolved for Linux, and so is the
+image. `pip install --require-hashes` without `--no-deps` then proves the
 result complete: pip refuses a dependency that is not pinned with a hash in the file.
 
 Standard library only: it runs in the image's builder stage before anything is installed.
@@ -26,6 +27,8 @@ from pathlib import Path
 
 _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+#: the one marker evaluated: a dependency for Windows only (the lock and the image are Linux's)
+_WINDOWS_ONLY = re.compile(r";\s*sys_platform\s*==\s*['\"]win32['\"]\s*$")
 
 
 def normalize(name: str) -> str:
@@ -85,6 +88,8 @@ def runtime_roots(pyproject: dict[str, object]) -> list[str]:
         match = _NAME.match(str(requirement))
         if not match:
             raise ValueError(f"cannot read the dependency {requirement!r} in pyproject.toml")
+        if _WINDOWS_ONLY.search(str(requirement)):
+            continue  # pywin32 for the Windows service: not in the Linux lock, not in the Linux image
         roots.append(normalize(match.group(1)))
     return roots
 

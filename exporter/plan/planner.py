@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.errors import ConfigError
 from exporter.inventory.model import DomainController, Inventory, Member, Product, Role, Server
-from exporter.plan.catalogue import CATALOGUE, DC, GC, REQUIRED_KINDS, PathKind, PortEntry
+from exporter.plan.catalogue import (
+    CATALOGUE,
+    DC,
+    EDGE_SENDERS,
+    GC,
+    REQUIRED_KINDS,
+    WITNESS,
+    PathKind,
+    PortEntry,
+)
 
 DEFAULT_DAG_REPLICATION_PORT = 64327
 
@@ -43,10 +52,12 @@ class NetworkPath:
     #: probed from an Exchange server or a DC: Microsoft's rule judges the path (an observer's is only
     #: reported: a monitoring host may legitimately sit behind a firewall of its own)
     judged: bool = True
+    #: the catalogue cannot confirm a listener on every such server (PortEntry.advisory): reported only
+    advisory: bool = False
 
     @property
     def required(self) -> bool:
-        return self.kind in REQUIRED_KINDS
+        return self.kind in REQUIRED_KINDS and not self.advisory
 
     @property
     def key(self) -> tuple[str, str, int, str, str]:
@@ -73,6 +84,27 @@ def vantage_of(member: Member | None, requested: Vantage | None = None) -> Vanta
     return Vantage.EDGE if member.is_edge else Vantage.EXCHANGE
 
 
+def roles_of(server: Server) -> frozenset[Role]:
+    """The roles `server` runs, in the catalogue's terms: each product's role layout folded in.
+
+    2013: Client Access is the front end (CAFE and the Front End Transport service); Mailbox is the back end,
+    whose Transport service counts as Hub Transport. 2016+: Mailbox holds the front end and the back end
+    (and UM in 2016). 2010: the roles as they are.
+    """
+    roles = set(server.roles)
+    product = server.version.product
+    if product is Product.EX2013:
+        if roles & {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT}:
+            roles |= {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT}
+        if Role.MAILBOX in roles:
+            roles.add(Role.HUB_TRANSPORT)
+    elif product in (Product.EX2016, Product.EX2019, Product.SE) and Role.MAILBOX in roles:
+        roles |= {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT, Role.HUB_TRANSPORT}
+        if product is Product.EX2016:
+            roles.add(Role.UM)
+    return frozenset(roles)
+
+
 def _serves(entry: PortEntry, target: Member) -> bool:
     if isinstance(target, DomainController):
         return entry.roles == DC or (entry.roles == GC and target.global_catalog)
@@ -82,19 +114,23 @@ def _serves(entry: PortEntry, target: Member) -> bool:
         return False
     if entry.dag_only and not target.dag:
         return False
-    roles = set(target.roles)
-    # Exchange 2016+ folds Client Access, transport and (2016) UM into the Mailbox role.
-    if Role.MAILBOX in roles and target.version.product in (Product.EX2016, Product.EX2019, Product.SE):
-        roles |= {Role.CLIENT_ACCESS, Role.FRONTEND_TRANSPORT, Role.HUB_TRANSPORT}
-        if target.version.product is Product.EX2016:
-            roles.add(Role.UM)
-    if target.version.product is Product.EX2013 and Role.MAILBOX in roles:
-        roles |= {Role.HUB_TRANSPORT}
-    return bool(roles & entry.roles)
+    roles = roles_of(target)
+    return bool(roles & entry.roles) and entry.with_roles <= roles
 
 
-def _entries_for(vantage: Vantage, target: Member, optional: frozenset[str]) -> Iterable[PortEntry]:
+def _same_edge_site(me: Member | None, other: Member) -> bool:
+    """Edge traffic stays within the Edge subscription's AD site (the Edge server's site)."""
+    return me is None or me.site == other.site
+
+
+def _entries_for(
+    vantage: Vantage, target: Member, optional: frozenset[str], me: Member | None = None
+) -> Iterable[PortEntry]:
     target_is_edge = isinstance(target, Server) and target.is_edge
+    # internal -> Edge: only 2010 Hub Transport / 2013+ Mailbox servers of the subscribed site send there
+    sends_to_edge = me is None or (
+        isinstance(me, Server) and bool(roles_of(me) & EDGE_SENDERS) and _same_edge_site(me, target)
+    )
     for entry in CATALOGUE:
         if entry.optional and entry.service not in optional:
             continue
@@ -103,19 +139,21 @@ def _entries_for(vantage: Vantage, target: Member, optional: frozenset[str]) -> 
         kind = entry.kind
         if target_is_edge:
             # Edge gets only its documented paths, never the internal ANY/ANY set.
-            if kind is PathKind.EDGE and vantage in (Vantage.EXCHANGE, Vantage.OBSERVER):
+            if kind is PathKind.EDGE and (
+                vantage is Vantage.OBSERVER or (vantage is Vantage.EXCHANGE and sends_to_edge)
+            ):
                 yield entry
             continue
         if vantage is Vantage.EXCHANGE:
             if kind in (PathKind.EXCHANGE_EXCHANGE, PathKind.EXCHANGE_DC):
                 yield entry
         elif vantage is Vantage.EDGE:
-            if kind is PathKind.EDGE:
+            if kind is PathKind.EDGE and _same_edge_site(me, target):
                 yield entry
         elif vantage is Vantage.DC:
             # DC -> Exchange: the reverse direction of the ANY/ANY rule; RPC and SMB are what a DC opens.
             if kind is PathKind.EXCHANGE_EXCHANGE and entry.port in (135, 445):
-                yield PortEntry(PathKind.EXCHANGE_DC, entry.port, entry.proto, entry.service, entry.check)
+                yield dataclasses.replace(entry, kind=PathKind.EXCHANGE_DC)
         elif vantage is Vantage.OBSERVER:
             if kind is not PathKind.EDGE:
                 yield entry
@@ -132,23 +170,30 @@ def plan(
     optional_services: frozenset[str] = frozenset(),
     source_site: str | None = None,
     connect_only: bool = False,
+    witnesses: Mapping[str, str] | None = None,
 ) -> list[NetworkPath]:
     """Every path `source` must probe, deduplicated, in a stable order.
 
     `checks` limits the plan to probe kinds this build can run (None: all of them). `connect_only` turns
     every TCP row into a bare connect and leaves out the UDP rows (whose only proof is a protocol answer).
+    `witnesses` maps a DAG's name to its file share witness server's FQDN (the DAG object's
+    msExchFileShareWitness): the DAG's members probe SMB there, an observer probes every DAG's witness.
     """
     me = inventory.find(source)
     where = vantage_of(me, vantage)
     source_site = me.site if me is not None else (source_site or "")
     judged = where in (Vantage.EXCHANGE, Vantage.DC)  # Microsoft's rule is about these hosts' traffic
     paths: dict[tuple[str, int, str], NetworkPath] = {}
-    for target in inventory.members():
-        if me is not None and target is me:
+    targets: list[tuple[Member | _Witness, Iterable[PortEntry]]] = []
+    for member in inventory.members():
+        if me is not None and member is me:
             continue
-        if where is Vantage.DC and isinstance(target, DomainController):
+        if where is Vantage.DC and isinstance(member, DomainController):
             continue  # DC <-> DC replication is AD's business, not Exchange's
-        for entry in _expand(_entries_for(where, target, optional_services), target, where):
+        targets.append((member, _expand(_entries_for(where, member, optional_services, me), member, where)))
+    targets.extend(_witness_targets(inventory, me, where, witnesses or {}))
+    for target, entries in targets:
+        for entry in entries:
             if connect_only:
                 if entry.proto != "tcp":
                     continue
@@ -168,12 +213,48 @@ def plan(
                 check=entry.check,
                 address=target.address,
                 judged=judged,
+                advisory=entry.advisory,
             )
             key = (target.fqdn.lower(), entry.port, entry.proto)  # one path (and series) per port
             existing = paths.get(key)
-            if existing is None or _KIND_PRIORITY[path.kind] < _KIND_PRIORITY[existing.kind]:
+            if existing is None or _rank(path) < _rank(existing):
                 paths[key] = path
     return sorted(paths.values(), key=lambda p: (p.target_site, p.target.lower(), p.proto, p.port, p.check))
+
+
+def _rank(path: NetworkPath) -> tuple[int, bool]:
+    """Which of two rows planned for one port the path keeps: the most telling kind, then a judging row."""
+    return (_KIND_PRIORITY[path.kind], path.advisory)
+
+
+@dataclass(frozen=True, slots=True)
+class _Witness:
+    """A DAG's file share witness server: usually not in the inventory, so only what the DAG names."""
+
+    fqdn: str
+    site: str = ""
+    address: str | None = None
+    primary_role: str = "witness"
+
+
+def _witness_targets(
+    inventory: Inventory, me: Member | None, where: Vantage, witnesses: Mapping[str, str]
+) -> Iterable[tuple[Member | _Witness, Iterable[PortEntry]]]:
+    """The witness row (SMB) towards each witness this source must reach: its own DAG's when it is a DAG
+    member, every DAG's for an observer. A witness that is in the inventory keeps its site and address."""
+    if where is Vantage.EXCHANGE and isinstance(me, Server) and me.dag:
+        wanted = [fqdn for dag, fqdn in witnesses.items() if dag.lower() == me.dag.lower()]
+    elif where is Vantage.OBSERVER:
+        wanted = list(witnesses.values())
+    else:
+        return
+    rows = tuple(entry for entry in CATALOGUE if entry.roles == WITNESS)
+    for fqdn in sorted({w.lower().rstrip(".") for w in wanted if w}):
+        member = inventory.find(fqdn)
+        if me is not None and member is me:
+            continue
+        target = member or _Witness(fqdn)
+        yield target, rows
 
 
 def _expand(entries: Iterable[PortEntry], target: Member, where: Vantage) -> Iterable[PortEntry]:
@@ -181,7 +262,7 @@ def _expand(entries: Iterable[PortEntry], target: Member, where: Vantage) -> Ite
     for entry in entries:
         if entry.service == "dag-replication" and isinstance(target, Server):
             port = target.dag_replication_port or DEFAULT_DAG_REPLICATION_PORT
-            yield PortEntry(entry.kind, port, entry.proto, entry.service, entry.check)
+            yield dataclasses.replace(entry, port=port)
             continue
         yield entry
     if (

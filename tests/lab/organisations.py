@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from tests.lab.netns import RoutedLab
 
 # what an Exchange 2019 Mailbox server outside a DAG answers on from another Exchange server
-EX1_PORTS = (25, 80, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337)
+EX1_PORTS = (25, 80, 81, 135, 139, 443, 444, 445, 465, 475, 587, 717, 808, 2525, 64337)
 
 GOOD = """
 organisation: Contoso
