@@ -67,4 +67,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 ENTRYPOINT ["exchange-firewall-exporter"]
 CMD ["serve", "--inventory", "/etc/exchange-firewall-exporter/inventory.yaml", \
-     "--state-file", "/var/lib/exchange-firewall-exporter/state.sqlite"]
+     "--state.file", "/var/lib/exchange-firewall-exporter/state.sqlite"]

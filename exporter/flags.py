@@ -12,9 +12,27 @@ DEFAULT_PORT = 10135
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
 
+def deprecated_spellings(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Old flag spelling -> its namespaced name (`--mesh-port` -> `--mesh.port`): every flag is spelt the
+    Prometheus way, a dotted namespace and hyphens within a name; the old spellings are accepted, with a
+    warning, for one release."""
+    found: dict[str, str] = {}
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:  # argparse has no public walk of its options
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+                continue
+            names = action.option_strings
+            if len(names) > 1 and "." in names[0]:
+                found.update(dict.fromkeys(names[1:], names[0]))
+    return found
+
+
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     """The `discover` command's flags: the directory flags plus --timeout, --output, --log.level."""
-    add_directory_arguments(parser, timeout_flag="--timeout")
+    add_directory_arguments(parser, timeout_flags=("--timeout",))
     parser.add_argument(
         "--output",
         choices=["table", "json", "yaml"],
@@ -24,7 +42,9 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     _log_flags(parser, level="warning")
 
 
-def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: str = "--ldap-timeout") -> None:
+def add_directory_arguments(
+    parser: argparse.ArgumentParser, *, timeout_flags: tuple[str, ...] = ("--ldap.timeout", "--ldap-timeout")
+) -> None:
     """How to reach Active Directory; shared by `discover` and `serve`."""
     ldap = parser.add_argument_group(
         "directory (the password comes from $"
@@ -32,6 +52,7 @@ def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: st
         + " or --bind-password-file, never the command line)"
     )
     ldap.add_argument(
+        "--ldap.url",
         "--ldap-url",
         dest="ldap_urls",
         action="append",
@@ -41,36 +62,71 @@ def add_directory_arguments(parser: argparse.ArgumentParser, *, timeout_flag: st
         "order; default: DCs from DNS SRV records)",
     )
     ldap.add_argument(
+        "--ldap.bind-user",
         "--bind-user",
+        dest="bind_user",
         metavar="USER",
         help="user@example.com or a DN (simple), EXAMPLE\\user (ntlm); kerberos uses the ticket",
     )
-    ldap.add_argument("--bind-password-file", metavar="FILE", help="file holding the bind password")
     ldap.add_argument(
+        "--ldap.bind-password-file",
+        "--bind-password-file",
+        dest="bind_password_file",
+        metavar="FILE",
+        help="file holding the bind password",
+    )
+    ldap.add_argument(
+        "--ldap.ca-file",
         "--ca-file",
+        dest="ca_file",
         metavar="FILE",
         help="PEM CA certificate(s) to verify the DCs' TLS with (default: the system trust store)",
     )
-    ldap.add_argument("--starttls", action="store_true", help="ldap:// on 389, upgraded with StartTLS")
-    ldap.add_argument("--auth", choices=AUTH_METHODS, default="simple", help="bind method (default simple)")
     ldap.add_argument(
+        "--ldap.starttls",
+        "--starttls",
+        dest="starttls",
+        action="store_true",
+        help="ldap:// on 389, upgraded with StartTLS",
+    )
+    ldap.add_argument(
+        "--ldap.auth",
+        "--auth",
+        dest="auth",
+        choices=AUTH_METHODS,
+        default="simple",
+        help="bind method (default simple)",
+    )
+    ldap.add_argument(
+        "--ldap.allow-insecure-bind",
         "--allow-insecure-bind",
+        dest="allow_insecure_bind",
         action="store_true",
         help="allow a simple bind over plain ldap:// (labs only: the password is sent in clear)",
     )
     ldap.add_argument(
+        "--ldap.domain",
         "--domain",
+        dest="domain",
         metavar="NAME",
         help="AD DNS domain for DNS SRV discovery (default: the resolver's search list)",
     )
-    ldap.add_argument("--site", metavar="NAME", help="prefer this AD site's DCs in DNS SRV discovery")
     ldap.add_argument(
+        "--ldap.site",
+        "--site",
+        dest="site",
+        metavar="NAME",
+        help="prefer this AD site's DCs in DNS SRV discovery",
+    )
+    ldap.add_argument(
+        "--ldap.dns-server",
         "--dns-server",
+        dest="dns_server",
         metavar="HOST[:PORT]",
         help="ask this DNS server for the SRV records (default: the host's resolver)",
     )
     ldap.add_argument(
-        timeout_flag,
+        *timeout_flags,
         dest="ldap_timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -104,7 +160,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "(default: this host's FQDN; a name outside the inventory makes an observer)",
     )
     parser.add_argument(
+        "--probe.connect-only",
         "--connect-only",
+        dest="connect_only",
         action="store_true",
         help="bare TCP connects only: no protocol conversations (DNS, Kerberos, LDAP, SMTP, health pages...) "
         "and no UDP paths (the demo always runs like this: its listeners speak no protocol)",
@@ -124,7 +182,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "the targets, and adding one moves only its share)",
     )
     parser.add_argument(
+        "--source.site",
         "--source-site",
+        dest="source_site",
         default=None,
         metavar="SITE",
         help="this agent's AD site, for an agent outside the inventory (members take theirs from it)",
@@ -140,10 +200,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--attempts", type=int, default=3, help="silent attempts before a path reads filtered (default 3)"
     )
     parser.add_argument(
-        "--max-concurrency", type=int, default=None, help="probes in flight (default: from fd limit)"
+        "--probe.max-concurrency",
+        "--max-concurrency",
+        dest="max_concurrency",
+        type=int,
+        default=None,
+        help="probes in flight (default: from fd limit)",
     )
     parser.add_argument(
+        "--probe.enable-service",
         "--enable-service",
+        dest="enable_service",
         action="append",
         default=[],
         metavar="SERVICE",
@@ -166,15 +233,26 @@ def _mesh_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pull the other agents' paths into /matrix and /api/v1/mesh, and list them in /api/v1/sd",
     )
-    mesh.add_argument("--mesh-port", type=int, default=None, help="the port agents listen on (default: ours)")
     mesh.add_argument(
+        "--mesh.port",
+        "--mesh-port",
+        dest="mesh_port",
+        type=int,
+        default=None,
+        help="the port agents listen on (default: ours)",
+    )
+    mesh.add_argument(
+        "--mesh.members",
         "--mesh-members",
+        dest="mesh_members",
         choices=["exchange", "all", "none"],
         default="exchange",
         help="which inventory members run an agent (default: the Exchange servers)",
     )
     mesh.add_argument(
+        "--mesh.peer",
         "--mesh-peer",
+        dest="mesh_peer",
         action="append",
         default=[],
         metavar="[NAME=]URL",
@@ -204,30 +282,44 @@ def _mesh_flags(parser: argparse.ArgumentParser) -> None:
 
 def _state_flags(parser: argparse.ArgumentParser, default_state: str | None) -> None:
     parser.add_argument(
+        "--state.file",
         "--state-file",
+        dest="state_file",
         default=default_state,
         metavar="PATH",
         help="SQLite baseline of what each path has been (default: /var/lib/exchange-firewall-exporter/"
         "state.sqlite when writable, else the user's state directory; '' keeps it in memory)",
     )
     parser.add_argument(
+        "--state.block-after",
         "--block-after",
+        dest="block_after",
         type=int,
         default=3,
         metavar="K",
         help="non-open probes in a row before a path is blocked (default 3)",
     )
     parser.add_argument(
-        "--recover-after", type=int, default=1, metavar="N", help="open probes before it recovers (default 1)"
+        "--state.recover-after",
+        "--recover-after",
+        dest="recover_after",
+        type=int,
+        default=1,
+        metavar="N",
+        help="open probes before it recovers (default 1)",
     )
     parser.add_argument(
+        "--state.retention-days",
         "--retention-days",
+        dest="retention_days",
         type=float,
         default=30.0,
         help="a blocked path is 'newly blocked' when seen open within this many days (default 30)",
     )
     parser.add_argument(
+        "--state.confirm-delay",
         "--confirm-delay",
+        dest="confirm_delay",
         type=float,
         default=1.0,
         metavar="SECONDS",
@@ -262,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_directory_arguments(serve)
     _mesh_flags(serve)
     serve.add_argument(
+        "--inventory.reload-interval",
         "--inventory-reload-interval",
+        dest="inventory_reload_interval",
         type=float,
         default=10.0,
         metavar="SECONDS",
@@ -270,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a file that no longer validates is reported and the running plan kept",
     )
     serve.add_argument(
+        "--discovery.interval",
         "--discovery-interval",
+        dest="discovery_interval",
         type=float,
         default=900.0,
         metavar="SECONDS",
@@ -287,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN)
     demo.add_argument("--interval", type=float, default=15.0)
     demo.add_argument(
+        "--demo.break-after",
         "--demo-break-after",
+        dest="demo_break_after",
         type=float,
         default=demo_break_default(),
         metavar="SECONDS",

@@ -136,7 +136,7 @@ def ldap_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         domain=args.domain,
         site=args.site,
         dns_server=dns_srv.parse_nameserver(args.dns_server) if args.dns_server else None,
-        timeout=_positive("--ldap-timeout", args.ldap_timeout, "10"),
+        timeout=_positive("--ldap.timeout", args.ldap_timeout, "10"),
     )
 
 
@@ -154,7 +154,7 @@ def _plan(args: argparse.Namespace, demo: bool) -> PlanSettings:
 def _probe(args: argparse.Namespace) -> ProbeSettings:
     concurrency = args.max_concurrency
     if concurrency is not None:
-        _at_least("--max-concurrency", concurrency, 1, "leave it unset to derive it from the fd limit")
+        _at_least("--probe.max-concurrency", concurrency, 1, "leave it unset to derive it from the fd limit")
     return ProbeSettings(
         interval=_positive("--interval", getattr(args, "interval", 30.0), "30"),
         timeout=_positive("--timeout", args.timeout, "2"),
@@ -162,7 +162,9 @@ def _probe(args: argparse.Namespace) -> ProbeSettings:
         max_concurrency=concurrency,
         tick=0.02 if args.command == "check" else 0.05,
         confirm_delay=_not_negative(
-            "--confirm-delay", getattr(args, "confirm_delay", 0.0), "1, or 0 to confirm at the next interval"
+            "--state.confirm-delay",
+            getattr(args, "confirm_delay", 0.0),
+            "1, or 0 to confirm at the next interval",
         ),
     )
 
@@ -178,7 +180,7 @@ def _inventory(args: argparse.Namespace) -> InventorySettings:
         # a unit or container that lost its inventory flag must not probe the demo's listeners and page
         # someone a minute later with the demo's made-up block
         raise ConfigError(
-            "serve needs an inventory: --inventory FILE, or --ldap-url URL / --domain NAME to read the "
+            "serve needs an inventory: --inventory FILE, or --ldap.url URL / --ldap.domain NAME to read the "
             "organisation from Active Directory",
             fix="for the built-in demo organisation run `exchange-firewall-exporter demo` (or `make run`)",
         )
@@ -187,12 +189,12 @@ def _inventory(args: argparse.Namespace) -> InventorySettings:
         directory=directory,
         demo=not args.inventory and directory is None,
         reload_interval=_not_negative(
-            "--inventory-reload-interval",
+            "--inventory.reload-interval",
             getattr(args, "inventory_reload_interval", 0.0),
             "10, or 0 to disable",
         ),
         discovery_interval=_positive(
-            "--discovery-interval", getattr(args, "discovery_interval", 900.0), "900"
+            "--discovery.interval", getattr(args, "discovery_interval", 900.0), "900"
         ),
     )
 
@@ -205,16 +207,18 @@ def _state(args: argparse.Namespace) -> StateSettings:
         state_file = str(default_state_file())
     return StateSettings(
         state_file=state_file or None,
-        block_after=_at_least("--block-after", args.block_after, 1, "hysteresis needs 1 or more, e.g. 3"),
-        recover_after=_at_least("--recover-after", args.recover_after, 1, "1 or more, e.g. 1"),
-        retention_seconds=_positive("--retention-days", args.retention_days, "30") * 86400,
+        block_after=_at_least(
+            "--state.block-after", args.block_after, 1, "hysteresis needs 1 or more, e.g. 3"
+        ),
+        recover_after=_at_least("--state.recover-after", args.recover_after, 1, "1 or more, e.g. 1"),
+        retention_seconds=_positive("--state.retention-days", args.retention_days, "30") * 86400,
     )
 
 
 def _mesh(args: argparse.Namespace, listen_port: int, environ: Mapping[str, str]) -> MeshSettings:
     port = args.mesh_port or listen_port
     if not 0 < port < 65536:
-        raise ConfigError(f"--mesh-port {port} is not a TCP port", fix="e.g. --mesh-port 10135")
+        raise ConfigError(f"--mesh.port {port} is not a TCP port", fix="e.g. --mesh.port 10135")
     auth = None
     if args.mesh_username:
         password = environ.get(MESH_PASSWORD_ENV, "")
@@ -268,6 +272,6 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         web=web,
         mesh=_mesh(args, port, env) if command == "serve" else None,
         demo_break_after=(
-            _positive("--demo-break-after", args.demo_break_after, "60") if command == "demo" else None
+            _positive("--demo.break-after", args.demo_break_after, "60") if command == "demo" else None
         ),
     )

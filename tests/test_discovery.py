@@ -272,7 +272,7 @@ def test_hardened_dc_refuses_even_an_allowed_insecure_bind_with_a_clear_reason(s
             "strongerAuthRequired (8): BindSimple: Transport encryption required.",
         ),
     )
-    assert caught.value.fix == "the DC requires TLS or signing: use ldaps:// or --starttls"
+    assert caught.value.fix == "the DC requires TLS or signing: use ldaps:// or --ldap.starttls"
 
 
 @pytest.mark.parametrize("trust", ["other-ca", "system-store"])
@@ -282,7 +282,7 @@ def test_certificate_from_an_untrusted_ca_is_a_tls_failure(samba_lab: SambaLab, 
         discover(lab_settings(samba_lab, ca_file=ca_file))
     assert caught.value.reason is Reason.TLS
     assert caught.value.failures == (EndpointFailure(f"ldaps://{LAB_IP}:636", Reason.TLS, UNTRUSTED),)
-    assert caught.value.fix == "trust the CA that issued the DC's certificate with --ca-file"
+    assert caught.value.fix == "trust the CA that issued the DC's certificate with --ldap.ca-file"
 
 
 def test_starttls_with_an_untrusted_ca_is_a_tls_failure(samba_lab: SambaLab) -> None:

@@ -20,20 +20,20 @@ from tests.lab.organisations import GOOD
         (["serve", "--timeout", "0"], "--timeout"),
         (["serve", "--interval", "-1"], "--interval"),
         (["serve", "--attempts", "0"], "--attempts"),
-        (["serve", "--max-concurrency", "0"], "--max-concurrency"),
-        (["serve", "--block-after", "0"], "--block-after"),
-        (["serve", "--recover-after", "0"], "--recover-after"),
-        (["serve", "--retention-days", "0"], "--retention-days"),
-        (["serve", "--confirm-delay", "-1"], "--confirm-delay"),
-        (["serve", "--inventory-reload-interval", "-5"], "--inventory-reload-interval"),
-        (["serve", "--discovery-interval", "0"], "--discovery-interval"),
+        (["serve", "--probe.max-concurrency", "0"], "--probe.max-concurrency"),
+        (["serve", "--state.block-after", "0"], "--state.block-after"),
+        (["serve", "--state.recover-after", "0"], "--state.recover-after"),
+        (["serve", "--state.retention-days", "0"], "--state.retention-days"),
+        (["serve", "--state.confirm-delay", "-1"], "--state.confirm-delay"),
+        (["serve", "--inventory.reload-interval", "-5"], "--inventory.reload-interval"),
+        (["serve", "--discovery.interval", "0"], "--discovery.interval"),
         (["serve", "--web.api-rate-limit", "0"], "--web.api-rate-limit"),
         (["serve", "--web.listen-address", "nonsense"], "--web.listen-address"),
         (["serve", "--shard", "3/2"], "--shard"),
-        (["serve", "--mesh-port", "70000"], "--mesh-port"),
-        (["demo", "--demo-break-after", "0"], "--demo-break-after"),
+        (["serve", "--mesh.port", "70000"], "--mesh.port"),
+        (["demo", "--demo.break-after", "0"], "--demo.break-after"),
         (["check", "--timeout", "-2"], "--timeout"),
-        (["check", "--ldap-url", "ldaps://dc1.example.test", "--ldap-timeout", "0"], "--ldap-timeout"),
+        (["check", "--ldap.url", "ldaps://dc1.example.test", "--ldap.timeout", "0"], "--ldap.timeout"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_flag_and_the_fix(
@@ -41,7 +41,7 @@ def test_a_bad_value_exits_2_naming_the_flag_and_the_fix(
 ) -> None:
     if argv[0] == "serve":
         argv = [*argv, "--inventory", "org.yaml"]  # read only after every flag passed its check
-    assert main([*argv, "--state-file", ""] if argv[0] != "check" else argv) == 2
+    assert main([*argv, "--state.file", ""] if argv[0] != "check" else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} ") and "(fix: " in err
 
@@ -100,7 +100,7 @@ def test_serve_without_an_inventory_refuses_to_run_the_demo(capsys: pytest.Captu
     block would page someone a minute later): exit 2, naming the flags and the demo command."""
     assert main(["serve", "--state-file", ""]) == 2
     err = capsys.readouterr().err
-    for needed in ("--inventory", "--ldap-url", "--domain", "exchange-firewall-exporter demo"):
+    for needed in ("--inventory", "--ldap.url", "--ldap.domain", "exchange-firewall-exporter demo"):
         assert needed in err
 
 
@@ -134,3 +134,24 @@ def test_log_formats_are_one_parseable_record_a_line(fmt: str) -> None:
         assert fields[0]["msg"].startswith("site HQ") and "\n" not in fields[0]["msg"]
         assert fields[1]["level"] == "error" and "KeyError" in fields[1]["msg"]
     assert main(["check", "--log.format", fmt, "--log.level", "warn", "--output", "json"]) == 1  # the demo
+
+
+def test_old_flag_spellings_still_work_for_one_release_with_a_warning(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every flag is namespaced the Prometheus way (`--mesh.port`, `--state.file`, `--ldap.url`); the
+    old spellings (`--mesh-port`, `--state-file`, `--ldap-url`) still parse to the same setting."""
+    from exporter.flags import deprecated_spellings
+
+    parser = build_parser()
+    renamed = deprecated_spellings(parser)
+    assert renamed["--mesh-port"] == "--mesh.port" and renamed["--state-file"] == "--state.file"
+    assert all("." in new and "." not in old for old, new in renamed.items())
+    old = parser.parse_args(["serve", "--mesh-port", "10200", "--state-file", "x", "--block-after", "4"])
+    new = parser.parse_args(
+        ["serve", "--mesh.port", "10200", "--state.file", "x", "--state.block-after", "4"]
+    )
+    assert vars(old) == vars(new)
+    caplog.set_level("WARNING")
+    assert main(["serve", "--timeout", "0", "--inventory", "org.yaml", "--confirm-delay=2"]) == 2
+    assert "flag --confirm-delay is deprecated: use --state.confirm-delay" in caplog.text

@@ -46,7 +46,7 @@ def test_install_builds_a_delayed_auto_start_service_with_a_virtual_account_and_
     assert options["binPath="] == (
         rf'"{PROGRAM[0]}" service run --inventory {tmp_path}\org.yaml --web.listen-address :10200 --mesh '
         r"--log.file D:\Data\exchange-firewall-exporter\exporter.log "
-        r"--state-file D:\Data\exchange-firewall-exporter\state.sqlite"
+        r"--state.file D:\Data\exchange-firewall-exporter\state.sqlite"
     )
     assert description[:3] == ["sc.exe", "description", SERVICE_NAME]
     assert failure == [

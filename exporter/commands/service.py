@@ -30,13 +30,13 @@ ACCOUNT = f"NT SERVICE\\{SERVICE_NAME}"
 #: file flags made absolute at install time: the service starts in %SystemRoot%\System32
 FILE_FLAGS = (
     "--inventory",
-    "--bind-password-file",
-    "--ca-file",
+    "--ldap.bind-password-file",
+    "--ldap.ca-file",
     "--probe.ca-file",
     "--web.config.file",
     "--mesh.ca-file",
     "--mesh.password-file",
-    "--state-file",
+    "--state.file",
     "--log.file",
 )
 #: restart after 10 s, then 60 s, then 5 min; the failure count resets after a day without one
@@ -144,15 +144,23 @@ def plan_service(
 ) -> ServicePlan:
     """Check the serve flags now (a service that cannot start is worse than an error at install) and
     complete them with the service's defaults: its log file and state file in %ProgramData%."""
-    from exporter.flags import build_parser
+    from exporter.flags import build_parser, deprecated_spellings
     from exporter.settings import from_args
 
     folder = service_folder(environ)
-    args = absolute_files(list(serve_args), cwd or str(pathlib.Path.cwd()))
+    renamed = deprecated_spellings(build_parser())
+    spelt = []  # old spellings in today's names, `--flag=value` split: what the checks below look for
+    for arg in serve_args:
+        name, sep, value = arg.partition("=")
+        if name.startswith("--"):
+            spelt += [renamed.get(name, name), value] if sep else [renamed.get(name, name)]
+        else:
+            spelt.append(arg)
+    args = absolute_files(spelt, cwd or str(pathlib.Path.cwd()))
     if "--log.file" not in args:
         args += ["--log.file", ntpath.join(folder, "exporter.log")]
-    if "--state-file" not in args:
-        args += ["--state-file", ntpath.join(folder, "state.sqlite")]
+    if "--state.file" not in args:
+        args += ["--state.file", ntpath.join(folder, "state.sqlite")]
     parsed = build_parser().parse_args(["serve", *args])
     settings = from_args(parsed)  # serve refuses to run without an inventory: so does the service
     assert settings.web is not None

@@ -48,11 +48,11 @@ def parse_nameserver(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
-            f"--dns-server {text!r} is not an IP address[:port]",
+            f"--ldap.dns-server {text!r} is not an IP address[:port]",
             fix="e.g. 10.0.0.53 or 10.0.0.53:53 or [fd00::53]:53",
         ) from None
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--dns-server {text!r}: bad port", fix="e.g. 10.0.0.53:53")
+        raise ConfigError(f"--ldap.dns-server {text!r}: bad port", fix="e.g. 10.0.0.53:53")
     return host, int(port)
 
 
@@ -69,7 +69,7 @@ def _resolver(
         except dns.resolver.NoResolverConfiguration:
             raise DiscoveryError(
                 "the host has no DNS resolver configuration to find domain controllers with",
-                fix="give --ldap-url, or --dns-server",
+                fix="give --ldap.url, or --ldap.dns-server",
             ) from None
     resolver.lifetime = timeout
     resolver.timeout = min(timeout, 2.0)
@@ -107,7 +107,7 @@ def locate_dcs(
     if not domains:
         raise DiscoveryError(
             "no AD domain to look up: none configured and the resolver has no search list",
-            fix="give --domain example.com, or --ldap-url",
+            fix="give --ldap.domain example.com, or --ldap.url",
         )
     server = f"{nameserver[0]}:{nameserver[1]}" if nameserver else "the host's resolver"
     tried: list[str] = []
@@ -133,7 +133,7 @@ def locate_dcs(
             return found
     raise DiscoveryError(
         f"no domain controller in DNS: {server} has no SRV records for {', '.join(tried)}",
-        fix="check --domain (the AD DNS domain) and --dns-server, or give --ldap-url",
+        fix="check --ldap.domain (the AD DNS domain) and --ldap.dns-server, or give --ldap.url",
     )
 
 
@@ -143,15 +143,17 @@ def _srv(resolver: dns.resolver.Resolver, query: str, in_site: bool, server: str
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.resolver.NoNameservers as exc:
-        raise DiscoveryError(f"DNS {server} failed for {query}: {exc}", fix="check --dns-server") from None
+        raise DiscoveryError(
+            f"DNS {server} failed for {query}: {exc}", fix="check --ldap.dns-server"
+        ) from None
     except dns.exception.Timeout:
         raise DiscoveryError(
             f"DNS {server} did not answer for {query}",
-            fix="check --dns-server and the firewall (53/udp, 53/tcp)",
+            fix="check --ldap.dns-server and the firewall (53/udp, 53/tcp)",
         ) from None
     except dns.exception.DNSException as exc:
         raise DiscoveryError(
-            f"DNS lookup {query} at {server} failed: {exc}", fix="check --dns-server"
+            f"DNS lookup {query} at {server} failed: {exc}", fix="check --ldap.dns-server"
         ) from None
     records = []
     for rdata in answer:

@@ -305,8 +305,8 @@ def _classify_open_error(exc: BaseException) -> tuple[Reason, str]:
 
 
 _BIND_FIXES = {
-    49: "check the bind user and the password (EXFW_BIND_PASSWORD or --bind-password-file)",
-    8: "the DC requires TLS or signing: use ldaps:// or --starttls",
+    49: "check the bind user and the password (EXFW_BIND_PASSWORD or --ldap.bind-password-file)",
+    8: "the DC requires TLS or signing: use ldaps:// or --ldap.starttls",
     50: "the bind user may not log on here; check the account",
 }
 
@@ -366,7 +366,7 @@ def _connect(endpoint: Endpoint, settings: LdapSettings) -> Any:
     except Exception as exc:  # ldap3 raises its own types, OSError and ssl errors alike
         reason, detail = _classify_open_error(exc)
         fix = (
-            "trust the CA that issued the DC's certificate with --ca-file"
+            "trust the CA that issued the DC's certificate with --ldap.ca-file"
             if reason is Reason.TLS
             else "check the address, the port and the firewall between here and the DC"
         )
@@ -380,7 +380,7 @@ def _connect(endpoint: Endpoint, settings: LdapSettings) -> Any:
                 raise _AttemptFailed(
                     Reason.TLS,
                     _scrub(f"StartTLS: {detail}", secret),
-                    "trust the DC's CA with --ca-file, or use ldaps://",
+                    "trust the DC's CA with --ldap.ca-file, or use ldaps://",
                 ) from None
             if not started:
                 result = conn.result or {}

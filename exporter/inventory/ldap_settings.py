@@ -105,7 +105,7 @@ class Endpoint:
         if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
             raise ConfigError(
                 f"LDAP URL {url!r} may only hold a scheme, host and port",
-                fix="give the bind user with --bind-user and the password by file or variable",
+                fix="give the bind user with --ldap.bind-user and the password by file or variable",
             )
         default = 636 if scheme == "ldaps" else 389
         return cls(parts.hostname, port or default, scheme == "ldaps")
@@ -145,8 +145,8 @@ class LdapSettings:
         object.__setattr__(self, "endpoints", endpoints)
         if self.starttls and any(e.tls for e in endpoints):
             raise ConfigError(
-                "--starttls with an ldaps:// URL: the connection is already TLS",
-                fix="use ldap://HOST:389 with --starttls, or ldaps://HOST:636 without it",
+                "--ldap.starttls with an ldaps:// URL: the connection is already TLS",
+                fix="use ldap://HOST:389 with --ldap.starttls, or ldaps://HOST:636 without it",
             )
         if self.ca_file is not None and not Path(self.ca_file).is_file():
             raise ConfigError(
@@ -157,12 +157,12 @@ class LdapSettings:
             if not self.bind_user:
                 raise ConfigError(
                     f"{self.auth} bind needs a bind user",
-                    fix="--bind-user user@example.com (NTLM: EXAMPLE\\user)",
+                    fix="--ldap.bind-user user@example.com (NTLM: EXAMPLE\\user)",
                 )
             if self.password is None:
                 raise ConfigError(
                     f"{self.auth} bind needs a password",
-                    fix=f"set {PASSWORD_ENV} or give --bind-password-file FILE",
+                    fix=f"set {PASSWORD_ENV} or give --ldap.bind-password-file FILE",
                 )
         if self.auth == "simple" and not self.allow_insecure_bind:
             for endpoint in endpoints:
@@ -170,8 +170,8 @@ class LdapSettings:
                     raise ConfigError(
                         f"refusing a simple bind to {endpoint.url} without TLS: the password would cross "
                         "the network in clear text",
-                        fix=f"use ldaps://{endpoint.host}:636 or --starttls "
-                        "(--allow-insecure-bind is for labs)",
+                        fix=f"use ldaps://{endpoint.host}:636 or --ldap.starttls "
+                        "(--ldap.allow-insecure-bind is for labs)",
                     )
         if self.auth == "ntlm":
             if "\\" not in (self.bind_user or ""):

@@ -43,7 +43,7 @@ MAX_EVIDENCE = 500  # characters of evidence stored; banners can be long
 def default_state_file(
     env: Mapping[str, str] | None = None, system_dir: pathlib.Path | None = None
 ) -> pathlib.Path:
-    """Where the state lives when `--state-file` is not given.
+    """Where the state lives when `--state.file` is not given.
 
     The system location (/var/lib/exchange-firewall-exporter, %PROGRAMDATA% on Windows) when we can
     write there, i.e. when running as a service; else the user's state directory ($XDG_STATE_HOME,

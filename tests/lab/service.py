@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from exporter.flags import build_parser, deprecated_spellings
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,13 +44,15 @@ def serve_args(
     if inventory is not None:
         args += ["--inventory", str(inventory)]
     args += ["--source", source, "--interval", str(interval), "--timeout", str(timeout)]
+    renamed = deprecated_spellings(build_parser())
     for name, setting in flags.items():
         flag = "--" + name.replace("_", "-")
+        flag = renamed.get(flag, flag)  # today's namespaced spelling (confirm_delay -> --state.confirm-delay)
         if setting is True:
             args.append(flag)
         elif setting is not None and setting is not False:
             args += [flag, str(setting)]
-    return [*args, "--state-file", str(state_file), *extra]
+    return [*args, "--state.file", str(state_file), *extra]
 
 
 class Service:
