@@ -15,6 +15,7 @@ from typing import Protocol
 from exporter import demo
 from exporter.engine.host import machine_fqdn
 from exporter.engine.prober import Prober
+from exporter.engine.resolver import families_of
 from exporter.engine.scheduler import EngineStats
 from exporter.inventory.model import Inventory
 from exporter.inventory.sources import InventoryWatcher
@@ -61,6 +62,8 @@ def identity(settings: Settings, inventory: Inventory) -> str:
 
 def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], list[NetworkPath]]:
     def planner(inventory: Inventory) -> list[NetworkPath]:
+        # a path per address family a member's name resolves to (members given by address: per address)
+        named = [m.fqdn for m in inventory.members() if not m.address]
         paths = plan(
             inventory,
             source,
@@ -69,6 +72,7 @@ def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], li
             connect_only=settings.connect_only,
             optional_services=settings.optional_services,
             source_site=settings.source_site,
+            families=families_of(named),
         )
         return shard(paths, *settings.shard) if settings.shard else paths
 

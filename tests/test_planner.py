@@ -373,3 +373,47 @@ def test_file_share_witness_is_probed_by_its_dags_members_and_observers() -> Non
     assert len(on_c) == 1 and on_c[0].target_role == "mailbox"  # one path per port, the member's own facts
     client = plan(inv, "c", vantage=Vantage.CLIENT, witnesses=witnesses)
     assert "fsw1.t" not in {p.target for p in client}  # a client zone has no business with the witness
+
+
+# ---- every address, both families ---------------------------------------------------------------------
+
+
+def test_a_dual_stack_target_is_a_path_per_family_and_a_replication_network_one_per_address() -> None:
+    from exporter.inventory.model import Inventory, Server, Version
+
+    def server(name: str, address: str | None, *more: str) -> Server:
+        return Server(
+            name,
+            f"{name.lower()}.corp.example",
+            frozenset({Role.MAILBOX}),
+            Version.parse("2019"),
+            "HQ",
+            address=address,
+            addresses=more,
+        )
+
+    inventory = Inventory(
+        "Dual",
+        servers=(
+            server("EX1", None),
+            server("EX2", "10.1.0.12", "fd00::12", "10.2.0.12"),  # IPv6 and a DAG replication network
+            server("EX3", None),
+        ),
+    )
+    paths = plan(inventory, "ex1.corp.example", families={"ex3.corp.example": frozenset({"ipv4", "ipv6"})})
+    smb = {(p.target, p.family, p.address, p.endpoint) for p in paths if p.port == 445}
+    assert smb == {
+        ("ex2.corp.example", "ipv4", "10.1.0.12", ""),
+        ("ex2.corp.example", "ipv6", "fd00::12", ""),
+        ("ex2.corp.example", "ipv4", "10.2.0.12", "10.2.0.12"),
+        ("ex3.corp.example", "ipv4", None, ""),  # by name: resolved within the family at probe time
+        ("ex3.corp.example", "ipv6", None, ""),
+    }
+    # each is a path of its own (its own key, so its own baseline record and series) ...
+    assert len({p.key for p in paths}) == len(paths)
+    # ... and an IPv4 path keeps the key it had before families were planned
+    (v4,) = [p for p in paths if p.port == 445 and p.address == "10.1.0.12"]
+    assert v4.key == ("ex1.corp.example", "ex2.corp.example", 445, "tcp", "smb")
+    # without resolution (a name that did not resolve at planning) one path, resolved at probe time
+    unplanned = [p for p in plan(inventory, "ex1.corp.example") if p.target == "ex3.corp.example"]
+    assert {p.family for p in unplanned} == {""}

@@ -116,3 +116,38 @@ def test_an_observer_behind_a_firewall_is_reported_but_not_judged(healthy: Route
     finally:
         svc.stop()
         healthy.flush()
+
+
+def test_an_ipv6_only_drop_between_dual_stack_hosts_is_caught_while_ipv4_stays_open(
+    healthy: RoutedLab, tmp_path: Path
+) -> None:
+    """Windows prefers IPv6 and Microsoft does not support Exchange with IPv6 disabled: a block of one
+    family is an outage. A dual-stack target is a path per family, in the paths, metrics and verdict."""
+    healthy.flush()
+    org = organisation(healthy)
+    org["servers"][1]["addresses"] = [healthy.dst6]
+    file = tmp_path / "dual.yaml"
+    file.write_text(yaml.safe_dump(org))
+    args = serve_args(
+        file, source="ex0.lab.test", interval=3, timeout=0.4, confirm_delay=0.3, connect_only=True
+    )
+    svc = start_service(args)
+
+    def smb() -> dict[str, dict[str, Any]]:
+        rows: list[dict[str, Any]] = svc.get("/api/v1/paths").json()
+        return {r["family"]: r for r in rows if r["port"] == 445}
+
+    try:
+        wait_until(lambda: {f: r["status"] for f, r in smb().items()} == {"ipv4": "open", "ipv6": "open"})
+        assert smb()["ipv6"]["address"] == healthy.dst6
+        healthy.block(f"ip6 daddr {healthy.dst6} tcp dport 445 drop")
+        wait_until(lambda: smb()["ipv6"]["classification"] == "newly_blocked", timeout=60)
+        assert smb()["ipv4"]["status"] == "open"  # the other family is untouched
+        assert value(svc, "exchange_path_newly_blocked", port="445", family="ipv6") == 1.0
+        assert value(svc, "exchange_path_newly_blocked", port="445", family="ipv4") == 0.0
+        wait_until(
+            lambda: verdict_of(svc, "ex0.lab.test")["offending"] == ["ex1.lab.test:445/tcp"], timeout=20
+        )
+    finally:
+        svc.stop()
+        healthy.flush()

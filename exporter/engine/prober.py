@@ -47,7 +47,7 @@ class PlanSink(Protocol):
 
 
 def targets_of(paths: Sequence[NetworkPath]) -> list[Target]:
-    return [Target(p.address or p.target, p.port, p.check, p.target) for p in paths]
+    return [Target(p.address or p.target, p.port, p.check, p.target, p.family) for p in paths]
 
 
 class _PlanRun:

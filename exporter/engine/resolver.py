@@ -6,8 +6,10 @@ A failed lookup is DNS_ERROR (the name) or LOCAL_ERROR (our resolver machinery),
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import time
+from collections.abc import Iterable
 
 from exporter.probes.contract import Resolved, ResolveFailure, literal
 from exporter.probes.outcome import State
@@ -28,12 +30,16 @@ class Resolver:
 
     def __init__(self, family: int = socket.AF_UNSPEC) -> None:
         self.family = family
-        self._cache: dict[str, tuple[float, Resolved | ResolveFailure]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, Resolved | ResolveFailure]] = {}
         self._literals: dict[str, Resolved] = {}
         self._names: set[str] = set()  # known not to be literal addresses
-        self._pending: dict[str, asyncio.Future[Resolved | ResolveFailure]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[Resolved | ResolveFailure]] = {}
 
-    def cached(self, name: str, now: float | None = None) -> Resolved | ResolveFailure | None:
+    def cached(
+        self, name: str, now: float | None = None, family: str = ""
+    ) -> Resolved | ResolveFailure | None:
+        """A literal address as it is; a name's cached address (of `family`, "ipv4" or "ipv6", when
+        given; else whatever the name gives first); None when it must be looked up."""
         fixed = self._literals.get(name)
         if fixed is not None:
             return fixed
@@ -44,7 +50,7 @@ class Resolver:
                     self._literals[name] = fixed  # parsed once, not on every probe
                 return fixed
             self._names.add(name)
-        entry = self._cache.get(name)
+        entry = self._cache.get((name, family))
         if entry is None:
             return None
         expires, value = entry
@@ -52,22 +58,24 @@ class Resolver:
             return None
         return value
 
-    async def resolve(self, name: str) -> Resolved | ResolveFailure:
-        hit = self.cached(name)
+    async def resolve(self, name: str, family: str = "") -> Resolved | ResolveFailure:
+        hit = self.cached(name, family=family)
         if hit is not None:
             return hit
-        pending = self._pending.get(name)
+        key = (name, family)
+        pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._lookup(name))
-            self._pending[name] = pending
-            pending.add_done_callback(lambda _f: self._pending.pop(name, None))
+            pending = asyncio.ensure_future(self._lookup(name, family))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _f: self._pending.pop(key, None))
         return await asyncio.shield(pending)
 
-    async def _lookup(self, name: str) -> Resolved | ResolveFailure:
+    async def _lookup(self, name: str, family: str = "") -> Resolved | ResolveFailure:
         loop = asyncio.get_running_loop()
         value: Resolved | ResolveFailure
+        wanted = _FAMILIES.get(family, self.family)
         try:
-            infos = await loop.getaddrinfo(name, None, family=self.family, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(name, None, family=wanted, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             state = State.LOCAL_ERROR if exc.errno in _LOCAL_GAI else State.DNS_ERROR
             value = ResolveFailure(state, f"{_gai_name(exc.errno)}: {exc.strerror}")
@@ -77,11 +85,14 @@ class Resolver:
             if not infos:
                 value = ResolveFailure(State.DNS_ERROR, "no addresses")
             else:
-                family, _type, _proto, _canon, sockaddr = infos[0]
-                value = Resolved(int(family), str(sockaddr[0]))
+                got, _type, _proto, _canon, sockaddr = infos[0]
+                value = Resolved(int(got), str(sockaddr[0]))
         ttl = POSITIVE_TTL if isinstance(value, Resolved) else NEGATIVE_TTL
-        self._cache[name] = (time.monotonic() + ttl, value)
+        self._cache[(name, family)] = (time.monotonic() + ttl, value)
         return value
+
+
+_FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
 def _gai_name(code: int | None) -> str:
@@ -89,3 +100,30 @@ def _gai_name(code: int | None) -> str:
         if name.startswith("EAI_") and getattr(socket, name) == code:
             return name
     return f"EAI {code}"
+
+
+def families_of(names: Iterable[str], timeout: float = 3.0, workers: int = 8) -> dict[str, frozenset[str]]:
+    """The address families ("ipv4", "ipv6") each name resolves to now, for planning a path per family.
+    Blocking, and bounded: the lookups share a small pool and `timeout` in all. A name that does not
+    resolve (in time) is left out: its paths resolve at probe time, and a failure reads dns_error."""
+    wanted = sorted({name.lower() for name in names if literal(name) is None})
+    if not wanted:
+        return {}
+
+    def lookup(name: str) -> frozenset[str]:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        return frozenset(
+            "ipv6" if family == socket.AF_INET6 else "ipv4"
+            for family, *_rest in infos
+            if family in (socket.AF_INET, socket.AF_INET6)
+        )
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(wanted)))
+    futures = {pool.submit(lookup, name): name for name in wanted}
+    done, _late = concurrent.futures.wait(futures, timeout=timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
+    found: dict[str, frozenset[str]] = {}
+    for future in done:
+        if future.exception() is None and future.result():
+            found[futures[future]] = future.result()
+    return found

@@ -227,7 +227,7 @@ class Engine:
             while window and window[-1][1] <= lag:  # a later, larger lag supersedes smaller ones
                 window.pop()
             window.append((now, lag))
-        resolved = attempt.resolved or self.resolver.cached(target.host, now)
+        resolved = attempt.resolved or self.resolver.cached(target.host, now, target.family)
         if resolved is None:
             self._begin_async(attempt, self._resolve_then_start(attempt))
             return
@@ -378,7 +378,7 @@ class Engine:
 
     async def _resolve_then_start(self, attempt: _Attempt) -> None:
         target = self.targets[attempt.index]
-        resolved = await self.resolver.resolve(target.host)
+        resolved = await self.resolver.resolve(target.host, target.family)
         if isinstance(resolved, ResolveFailure):
             self._finish(attempt, Outcome(resolved.state, None, resolved.evidence, attempt.attempt))
             return

@@ -109,6 +109,9 @@ class Server:
     static_rpc_ports: StaticRpcPorts | None = None
     dag: str | None = None
     dag_replication_port: int | None = None
+    #: further addresses the server must be reached on, each probed as paths of its own: its other
+    #: family (IPv6 beside IPv4), a DAG replication network
+    addresses: tuple[str, ...] = ()
 
     @property
     def is_edge(self) -> bool:
@@ -140,6 +143,7 @@ class DomainController:
     global_catalog: bool = False
     read_only: bool = False
     address: str | None = None
+    addresses: tuple[str, ...] = ()  # further addresses, each probed as paths of its own
 
     @property
     def primary_role(self) -> str:

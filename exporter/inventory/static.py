@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -42,10 +43,22 @@ def _check_hostname(value: str) -> str:
     return value
 
 
+def _check_addresses(value: list[str]) -> list[str]:
+    for address in value:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    if len(value) > 8:
+        raise ValueError("at most 8 further addresses a member")
+    return value
+
+
 class ServerFile(_Strict):
     name: str = Field(min_length=1, max_length=64)
     fqdn: str
     address: str | None = None
+    addresses: list[str] = Field(default_factory=list)
     roles: list[Literal["mailbox", "clientaccess", "hubtransport", "frontendtransport", "edge", "um"]] = (
         Field(min_length=1)
     )
@@ -56,6 +69,7 @@ class ServerFile(_Strict):
     dag_replication_port: int | None = Field(default=None, ge=1, le=65535)
 
     _fqdn = field_validator("fqdn")(_check_hostname)
+    _addresses = field_validator("addresses")(_check_addresses)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -72,11 +86,13 @@ class DomainControllerFile(_Strict):
     name: str = Field(min_length=1, max_length=64)
     fqdn: str
     address: str | None = None
+    addresses: list[str] = Field(default_factory=list)
     site: str = Field(min_length=1, max_length=128)
     global_catalog: bool = False
     read_only: bool = False
 
     _fqdn = field_validator("fqdn")(_check_hostname)
+    _addresses = field_validator("addresses")(_check_addresses)
 
 
 class InventoryFile(_Strict):
@@ -154,6 +170,7 @@ def _to_model(parsed: InventoryFile, origin: str) -> Inventory:
                 version=version,
                 site=entry.site,
                 address=entry.address,
+                addresses=tuple(entry.addresses),
                 static_rpc_ports=StaticRpcPorts(rpc.rpc_client_access, rpc.address_book) if rpc else None,
                 dag=entry.dag,
                 dag_replication_port=entry.dag_replication_port,
@@ -177,6 +194,7 @@ def _to_model(parsed: InventoryFile, origin: str) -> Inventory:
                 global_catalog=dc.global_catalog,
                 read_only=dc.read_only,
                 address=dc.address,
+                addresses=tuple(dc.addresses),
             )
         )
     return neutralise(Inventory(parsed.organisation, tuple(servers), tuple(dcs), source=f"file:{origin}"))
@@ -220,6 +238,8 @@ def inventory_to_dict(inventory: Inventory) -> dict[str, Any]:
         }
         if s.address:
             entry["address"] = s.address
+        if s.addresses:
+            entry["addresses"] = list(s.addresses)
         if s.static_rpc_ports:
             entry["static_rpc_ports"] = {
                 k: v
@@ -245,5 +265,7 @@ def inventory_to_dict(inventory: Inventory) -> dict[str, Any]:
         }
         if d.address:
             dc["address"] = d.address
+        if d.addresses:
+            dc["addresses"] = list(d.addresses)
         dcs.append(dc)
     return {"organisation": inventory.organisation, "servers": servers, "domain_controllers": dcs}

@@ -26,6 +26,9 @@ class PathView(BaseModel):
     service: str
     kind: str
     check: str
+    family: str  # ipv4 | ipv6 ("" when the name is resolved at probe time)
+    address: str | None  # the address probed, when the inventory or planning named one
+    endpoint: str  # a further address of the target (a replication network), "" for its first
     required: bool
     state: str | None  # None until the first probe
     evidence: str
@@ -91,6 +94,9 @@ def path_view(path: NetworkPath, result: PathResult | None) -> dict[str, Any]:
         "service": path.service,
         "kind": path.kind.value,
         "check": path.check,
+        "family": path.family,
+        "address": path.address,
+        "endpoint": path.endpoint,
         "required": path.required,
         "state": outcome.state.value if outcome else None,
         "evidence": outcome.evidence if outcome else "",
@@ -146,7 +152,10 @@ def change_view(change: Transition) -> dict[str, Any]:
 
 def verdict_view(source: str, verdict: Verdict) -> dict[str, Any]:
     def name(path: NetworkPath) -> str:
-        return f"{path.target}:{path.port}/{path.proto}"
+        where = " [ipv6]" if path.family == "ipv6" else ""  # one family of a dual-stack target
+        return f"{path.target}:{path.port}/{path.proto}{where}" + (
+            f" [{path.endpoint}]" if path.endpoint else ""
+        )
 
     return {
         "source": source,

@@ -77,6 +77,11 @@ def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+#: labels only a path that has them carries: its address family (ipv4|ipv6; absent when the name is
+#: resolved at probe time) and, for a further address of a target (a DAG replication network), the address
+OPTIONAL_LABELS = ("family", "endpoint")
+
+
 def label_string(path: NetworkPath) -> str:
     values = (
         path.source,
@@ -89,7 +94,11 @@ def label_string(path: NetworkPath) -> str:
         path.service,
         path.kind.value,
     )
-    return ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
+    text = ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
+    for name, value in zip(OPTIONAL_LABELS, (path.family, path.endpoint), strict=True):
+        if value:
+            text += f',{name}="{escape_label(value)}"'
+    return text
 
 
 def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str, str, str]:
@@ -189,9 +198,12 @@ class _PlanLines:
                 for check, value in protocol_health(path.check, outcome)
             )
         if outcome.cert_expiry is not None:
+            where = f',family="{path.family}"' if path.family else ""
+            where += f',endpoint="{escape_label(path.endpoint)}"' if path.endpoint else ""
             cert = (
                 f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
-                f'port="{path.port}",service="{escape_label(path.service)}"}} {outcome.cert_expiry:.0f}\n'
+                f'port="{path.port}",service="{escape_label(path.service)}"{where}}} '
+                f"{outcome.cert_expiry:.0f}\n"
             )
         return (
             cached[1],

@@ -123,11 +123,20 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _where(row: Mapping[str, Any]) -> str:
+    """` over IPv6`, ` to 10.2.0.5`: said only where a target has several paths for one port (dual stack,
+    a replication network), so a single-stack organisation reads as before."""
+    where = " over IPv6" if row.get("family") == "ipv6" else ""
+    if row.get("endpoint"):
+        where += f" to {row['endpoint']}"
+    return where
+
+
 def _tooltip(cell: Cell) -> str:
     lines = []
     for row in sorted(cell.paths, key=lambda r: (r.get("proto", ""), int(r.get("port", 0)))):
         state = row.get("state") or "pending"
-        line = f"{row.get('port')}/{row.get('proto')} {row.get('service')}: {state}"
+        line = f"{row.get('port')}/{row.get('proto')} {row.get('service')}{_where(row)}: {state}"
         if row.get("status") == "blocked":
             line += f" ({row.get('classification')}, since {row.get('state_since') or '?'})"
         if row.get("evidence"):
@@ -143,7 +152,7 @@ def _ports_list(cell: Cell) -> str:
         evidence = f" <span class=ev>{_e(row['evidence'])}</span>" if row.get("evidence") else ""
         items.append(
             f"<li class='v-{verdict}'><span class=icon aria-hidden=true>{_ICON[verdict]}</span> "
-            f"{_e(row.get('port'))}/{_e(row.get('proto'))} {_e(row.get('service'))}: "
+            f"{_e(row.get('port'))}/{_e(row.get('proto'))} {_e(row.get('service'))}{_e(_where(row))}: "
             f"<b>{_e(row.get('state') or 'pending')}</b>{evidence}</li>"
         )
     return "<ul class=ports>" + "".join(items) + "</ul>"

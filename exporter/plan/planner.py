@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -54,14 +55,26 @@ class NetworkPath:
     judged: bool = True
     #: the catalogue cannot confirm a listener on every such server (PortEntry.advisory): reported only
     advisory: bool = False
+    #: the address family probed, "ipv4" or "ipv6": a dual-stack target is a path per family (Windows
+    #: prefers IPv6, so an IPv6-only block is an outage); "" when the name is resolved at probe time to
+    #: whatever it gives first
+    family: str = ""
+    #: "" for the target's first address of its family; the address itself for a further one (a DAG
+    #: replication network), so that each address is a path of its own
+    endpoint: str = ""
 
     @property
     def required(self) -> bool:
         return self.kind in REQUIRED_KINDS and not self.advisory
 
     @property
-    def key(self) -> tuple[str, str, int, str, str]:
-        return (self.source, self.target.lower(), self.port, self.proto, self.check)
+    def key(self) -> tuple[str | int, ...]:
+        """What identifies the path across plans and restarts. An IPv4 (or unspecified) path keeps the
+        key paths had before families were planned, so existing baselines carry over."""
+        base: tuple[str | int, ...] = (self.source, self.target.lower(), self.port, self.proto, self.check)
+        if self.endpoint:
+            return (*base, self.endpoint)
+        return (*base, self.family) if self.family == "ipv6" else base
 
 
 # When one port is planned under several kinds (an observer sees 443 as both an Exchange-Exchange and a
@@ -171,6 +184,7 @@ def plan(
     source_site: str | None = None,
     connect_only: bool = False,
     witnesses: Mapping[str, str] | None = None,
+    families: Mapping[str, frozenset[str]] | None = None,
 ) -> list[NetworkPath]:
     """Every path `source` must probe, deduplicated, in a stable order.
 
@@ -178,12 +192,14 @@ def plan(
     every TCP row into a bare connect and leaves out the UDP rows (whose only proof is a protocol answer).
     `witnesses` maps a DAG's name to its file share witness server's FQDN (the DAG object's
     msExchFileShareWitness): the DAG's members probe SMB there, an observer probes every DAG's witness.
+    `families` maps a target FQDN (one given by name, without an address) to the address families its
+    name resolves to: a path is planned for each. Targets with addresses get a path per address.
     """
     me = inventory.find(source)
     where = vantage_of(me, vantage)
     source_site = me.site if me is not None else (source_site or "")
     judged = where in (Vantage.EXCHANGE, Vantage.DC)  # Microsoft's rule is about these hosts' traffic
-    paths: dict[tuple[str, int, str], NetworkPath] = {}
+    paths: dict[tuple[str, int, str, str, str], NetworkPath] = {}
     targets: list[tuple[Member | _Witness, Iterable[PortEntry]]] = []
     for member in inventory.members():
         if me is not None and member is me:
@@ -200,26 +216,64 @@ def plan(
                 entry = dataclasses.replace(entry, check="tcp")
             if checks is not None and entry.check not in checks:
                 continue
-            path = NetworkPath(
-                source=source,
-                source_site=source_site,
-                target=target.fqdn,
-                target_site=target.site,
-                target_role=target.primary_role,
-                port=entry.port,
-                proto=entry.proto,
-                service=entry.service,
-                kind=entry.kind,
-                check=entry.check,
-                address=target.address,
-                judged=judged,
-                advisory=entry.advisory,
-            )
-            key = (target.fqdn.lower(), entry.port, entry.proto)  # one path (and series) per port
-            existing = paths.get(key)
-            if existing is None or _rank(path) < _rank(existing):
-                paths[key] = path
-    return sorted(paths.values(), key=lambda p: (p.target_site, p.target.lower(), p.proto, p.port, p.check))
+            for address, family, endpoint in _endpoints(target, families or {}):
+                path = NetworkPath(
+                    source=source,
+                    source_site=source_site,
+                    target=target.fqdn,
+                    target_site=target.site,
+                    target_role=target.primary_role,
+                    port=entry.port,
+                    proto=entry.proto,
+                    service=entry.service,
+                    kind=entry.kind,
+                    check=entry.check,
+                    address=address,
+                    judged=judged,
+                    advisory=entry.advisory,
+                    family=family,
+                    endpoint=endpoint,
+                )
+                # one path (and series) per port and address
+                key = (target.fqdn.lower(), entry.port, entry.proto, family, endpoint)
+                existing = paths.get(key)
+                if existing is None or _rank(path) < _rank(existing):
+                    paths[key] = path
+    return sorted(
+        paths.values(),
+        key=lambda p: (p.target_site, p.target.lower(), p.proto, p.port, p.check, p.family, p.endpoint),
+    )
+
+
+def family_of(address: str) -> str:
+    """ "ipv4" or "ipv6" for an address literal ("" for anything else)."""
+    try:
+        return "ipv6" if ipaddress.ip_address(address.strip("[]")).version == 6 else "ipv4"
+    except ValueError:
+        return ""
+
+
+def _endpoints(
+    target: Member | _Witness, families: Mapping[str, frozenset[str]]
+) -> list[tuple[str | None, str, str]]:
+    """(address, family, endpoint) for each path a port of `target` gets: one per address the inventory
+    gives (the first of each family has endpoint ""), else one per family its name resolves to, else one
+    resolved at probe time."""
+    extra = tuple(getattr(target, "addresses", ()))
+    found: list[tuple[str | None, str, str]] = []
+    seen: set[str] = set()
+    if target.address:
+        literal = [target.address, *extra]
+    else:
+        for family in sorted(families.get(target.fqdn.lower(), frozenset())) or [""]:
+            found.append((None, family, ""))
+            seen.add(family)
+        literal = list(extra)
+    for address in dict.fromkeys(literal):
+        family = family_of(address)
+        found.append((address, family, address if family in seen else ""))
+        seen.add(family)
+    return found
 
 
 def _rank(path: NetworkPath) -> tuple[int, bool]:

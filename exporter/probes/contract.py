@@ -40,6 +40,7 @@ class Target:
     port: int
     check: str = "tcp"
     name: str = ""  # the target's FQDN (for SNI, Host headers, realms, expected names in replies)
+    family: str = ""  # "ipv4" | "ipv6": resolve `host` within this family only ("" any)
 
 
 #: a protocol check: (resolved address, target, per-attempt timeout, attempts) -> Outcome
