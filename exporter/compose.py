@@ -73,6 +73,7 @@ def planner_for(settings: PlanSettings, source: str) -> Callable[[Inventory], li
             optional_services=settings.optional_services,
             source_site=settings.source_site,
             families=families_of(named),
+            witnesses=dict(inventory.witnesses),
         )
         return shard(paths, *settings.shard) if settings.shard else paths
 

@@ -149,6 +149,8 @@ def assert_lab_inventory(result: DiscoveryResult) -> None:
     assert inventory.servers == EXPECTED_SERVERS
     assert inventory.domain_controllers == EXPECTED_DCS
     assert inventory.warnings == EXPECTED_WARNINGS
+    # the DAG object's msExchFileShareWitness (a UNC path) names the witness server its members need
+    assert inventory.witnesses == (("DAG01", "fsw01.lab.example.test"),)
     assert result.sites == EXPECTED_SITES
     assert (result.forest, result.domain) == ("lab.example.test", "lab.example.test")
 
@@ -521,6 +523,7 @@ def test_discover_yaml_is_a_static_inventory_that_loads_back(
     assert loaded.organisation == "Contoso Lab"
     assert loaded.servers == EXPECTED_SERVERS
     assert loaded.domain_controllers == EXPECTED_DCS
+    assert loaded.witnesses == (("DAG01", "fsw01.lab.example.test"),)  # the yaml keeps it too
     assert yaml_err.splitlines() == [f"warning: {w}" for w in EXPECTED_WARNINGS]
     assert "#   HQ: 10.1.0.0/16, 10.2.0.0/24" in yaml_out.splitlines()
 

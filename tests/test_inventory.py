@@ -111,3 +111,32 @@ def test_missing_file_and_wrong_top_level_are_config_errors(tmp_path: Path) -> N
         load_inventory(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_inventory(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_dags_name_their_file_share_witness_and_addresses_are_checked() -> None:
+    from exporter.errors import ConfigError
+    from exporter.inventory.static import inventory_to_dict, parse_inventory
+
+    data = {
+        "organisation": "O",
+        "servers": [
+            {
+                "name": "EX1",
+                "fqdn": "ex1.o.test",
+                "roles": ["mailbox"],
+                "version": "2019",
+                "site": "S",
+                "dag": "DAG1",
+                "address": "10.0.0.1",
+                "addresses": ["fd00::1", "10.9.0.1"],
+            },
+        ],
+        "dags": [{"name": "DAG1", "witness": "fsw01.o.test"}],
+    }
+    inventory = parse_inventory(data)
+    assert inventory.witnesses == (("DAG1", "fsw01.o.test"),)
+    assert inventory.servers[0].addresses == ("fd00::1", "10.9.0.1")
+    assert parse_inventory(inventory_to_dict(inventory)) == inventory  # round trip
+    data["servers"][0]["addresses"] = ["not-an-address"]  # type: ignore[index]
+    with pytest.raises(ConfigError, match="'not-an-address' is not an IPv4 or IPv6 address"):
+        parse_inventory(data)

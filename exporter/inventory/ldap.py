@@ -540,7 +540,7 @@ def _read(directory: _Directory, endpoint: Endpoint) -> DiscoveryResult:
     dag_entries = directory.search(
         org_dn,
         "(objectClass=msExchMDBAvailabilityGroup)",
-        ("name", "cn", "msExchMDBAvailabilityGroupReplicationPort"),
+        ("name", "cn", "msExchMDBAvailabilityGroupReplicationPort", "msExchFileShareWitness"),
     )
     site_entries = directory.search(sites_dn, "(objectClass=site)", ("name", "cn"), scope="LEVEL")
     subnet_entries = directory.search(
@@ -572,15 +572,46 @@ def _read(directory: _Directory, endpoint: Endpoint) -> DiscoveryResult:
     )
     servers.sort(key=lambda s: s.name.lower())
     dcs.sort(key=lambda d: (d.name.lower(), d.fqdn))
+    witnesses = _witnesses(dag_entries, warnings)
     # grouped by object (each warning starts with its DN), in a stable order
     warnings.sort(key=str.lower)
     inventory = neutralise(
         Inventory(
-            organisation, tuple(servers), tuple(dcs), source=f"ldap:{endpoint.url}", warnings=tuple(warnings)
+            organisation,
+            tuple(servers),
+            tuple(dcs),
+            source=f"ldap:{endpoint.url}",
+            warnings=tuple(warnings),
+            witnesses=witnesses,
         )
     )
     sites = {safe_text(site): subnets for site, subnets in sites.items()}
     return DiscoveryResult(inventory, sites, endpoint.url, dns_name_of(forest_nc), dns_name_of(default_nc))
+
+
+def witness_host(share: str) -> str | None:
+    """The server of a file share witness path: `\\\\fsw01.contoso.com\\DAG1.contoso.com` (or a bare
+    host name, as the attribute sometimes holds) -> `fsw01.contoso.com`; None when there is none."""
+    host = share.strip().lstrip("\\/").split("\\", 1)[0].split("/", 1)[0]
+    return host.lower() if host and is_hostname(host) else None
+
+
+def _witnesses(dag_entries: list[_Entry], warnings: list[str]) -> tuple[tuple[str, str], ...]:
+    """(DAG, witness server) from each DAG's msExchFileShareWitness."""
+    found = []
+    for entry in sorted(dag_entries, key=lambda e: _key(e.dn)):
+        share = entry.text("msExchFileShareWitness")
+        if not share:
+            continue
+        name = entry.text("name") or (rdn_values(entry.dn) or [entry.dn])[0]
+        host = witness_host(share)
+        if host is None:
+            warnings.append(
+                f"{entry.dn}: msExchFileShareWitness {safe_text(share)!r} names no server; ignored"
+            )
+            continue
+        found.append((name, host))
+    return tuple(found)
 
 
 def _sites(

@@ -164,6 +164,8 @@ class Inventory:
     domain_controllers: tuple[DomainController, ...] = ()
     source: str = "static"
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: (DAG name, its file share witness server's FQDN or host name): the DAG members reach it on 445
+    witnesses: tuple[tuple[str, str], ...] = ()
 
     def members(self) -> Iterable[Member]:
         yield from self.servers
@@ -211,4 +213,7 @@ def neutralise(inventory: Inventory) -> Inventory:
     organisation = safe_text(inventory.organisation)
     if organisation != inventory.organisation:
         warnings.append("the organisation name held control characters; each is shown as U+FFFD")
-    return Inventory(organisation, servers, dcs, source=inventory.source, warnings=tuple(warnings))
+    witnesses = tuple((safe_text(dag), host) for dag, host in inventory.witnesses)
+    return Inventory(
+        organisation, servers, dcs, source=inventory.source, warnings=tuple(warnings), witnesses=witnesses
+    )

@@ -95,10 +95,18 @@ class DomainControllerFile(_Strict):
     _addresses = field_validator("addresses")(_check_addresses)
 
 
+class DagFile(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    witness: str  # the file share witness server (msExchFileShareWitness's host)
+
+    _witness = field_validator("witness")(_check_hostname)
+
+
 class InventoryFile(_Strict):
     organisation: str = Field(min_length=1, max_length=256)
     servers: list[ServerFile] = Field(default_factory=list)
     domain_controllers: list[DomainControllerFile] = Field(default_factory=list)
+    dags: list[DagFile] = Field(default_factory=list)
 
 
 _FIXES = {
@@ -197,7 +205,12 @@ def _to_model(parsed: InventoryFile, origin: str) -> Inventory:
                 addresses=tuple(dc.addresses),
             )
         )
-    return neutralise(Inventory(parsed.organisation, tuple(servers), tuple(dcs), source=f"file:{origin}"))
+    witnesses = tuple((dag.name, dag.witness) for dag in parsed.dags)
+    return neutralise(
+        Inventory(
+            parsed.organisation, tuple(servers), tuple(dcs), source=f"file:{origin}", witnesses=witnesses
+        )
+    )
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -268,4 +281,11 @@ def inventory_to_dict(inventory: Inventory) -> dict[str, Any]:
         if d.addresses:
             dc["addresses"] = list(d.addresses)
         dcs.append(dc)
-    return {"organisation": inventory.organisation, "servers": servers, "domain_controllers": dcs}
+    data: dict[str, Any] = {
+        "organisation": inventory.organisation,
+        "servers": servers,
+        "domain_controllers": dcs,
+    }
+    if inventory.witnesses:
+        data["dags"] = [{"name": dag, "witness": host} for dag, host in inventory.witnesses]
+    return data

@@ -167,6 +167,7 @@ EXCHANGE_ATTRIBUTES = (
         "int",
     ),
     Attr("ms-Exch-MDB-Availability-Group-Name", "msExchMDBAvailabilityGroupName", 7, "string"),
+    Attr("ms-Exch-File-Share-Witness", "msExchFileShareWitness", 8, "string"),
 )
 
 _SERVER_MAY = (
@@ -234,6 +235,7 @@ EXCHANGE_CLASS_LEVELS: tuple[tuple[Klass, ...], ...] = (
                 "msExchMDBAvailabilityGroupName",
                 "msExchMDBAvailabilityGroupBL",
                 "msExchVersion",
+                "msExchFileShareWitness",
             ),
         ),
     ),
@@ -334,6 +336,7 @@ class ExchangeServerSpec:
 class DagSpec:
     name: str
     replication_port: int | None
+    witness: str | None = None  # msExchFileShareWitness, as Exchange writes it: \\\\server\\share
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,10 @@ def realistic_network_address(name: str, fqdn: str) -> tuple[str, ...]:
 
 LAB_DIRECTORY = Directory(
     sites={"HQ": ("10.1.0.0/16", "10.2.0.0/24"), "Branch": ("10.20.0.0/16",)},
-    dags=(DagSpec("DAG01", 64400), DagSpec("DAG02", None)),
+    dags=(
+        DagSpec("DAG01", 64400, "\\\\fsw01.lab.example.test\\DAG01.lab.example.test"),
+        DagSpec("DAG02", None),
+    ),
     servers=(
         ExchangeServerSpec(
             "EX2016-01",
@@ -558,6 +564,8 @@ def directory_ldif(directory: Directory) -> str:
         }
         if dag.replication_port is not None:
             attrs["msExchMDBAvailabilityGroupReplicationPort"] = dag.replication_port
+        if dag.witness is not None:
+            attrs["msExchFileShareWitness"] = dag.witness
         out.append(ldif_entry(dn, attrs))
     for server in directory.servers:
         out += _server_entries(server, dag_dns)
