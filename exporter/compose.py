@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter import demo
 from exporter.engine.host import machine_fqdn
+from exporter.engine.locator import Locator
 from exporter.engine.prober import Prober
 from exporter.engine.resolver import families_of
 from exporter.engine.scheduler import EngineStats
@@ -23,6 +24,7 @@ from exporter.outputs.exposition import PathExposition
 from exporter.outputs.view import InventoryHealth, StateView
 from exporter.plan.planner import NetworkPath, plan, shard
 from exporter.probes import registry
+from exporter.probes.locate import Location
 from exporter.settings import PlanSettings, Settings
 from exporter.state.baseline import Baseline
 from exporter.state.recorder import Recorder, Upkeep
@@ -177,6 +179,11 @@ class Agent:
         return self.recorder.ready
 
     @property
+    def locations(self) -> Mapping[tuple[str | int, ...], Location]:
+        locator = self.recorder.locator
+        return locator.locations if locator is not None else {}
+
+    @property
     def inventory_health(self) -> InventoryHealth | None:
         watching = self.watcher.kind == "ldap" or (self.watcher.kind == "file" and self.watcher.interval > 0)
         return self.watcher if watching else None
@@ -217,7 +224,13 @@ def build_agent(settings: Settings) -> Agent:
     )
     log.info("baseline: %s", settings.state.state_file or "in memory")
     exposition = PathExposition()
-    recorder = Recorder(tracker, [exposition])
+    locator = Locator(
+        every=settings.locate_every if settings.locate_max_hops else 0.0,
+        max_hops=max(1, settings.locate_max_hops),
+        timeout=min(settings.probe.timeout, 2.0),
+        reverse_dns=settings.locate_reverse_dns,
+    )
+    recorder = Recorder(tracker, [exposition], locator)
     prober = Prober(
         inventory,
         paths,

@@ -25,6 +25,8 @@ def deprecated_spellings(parser: argparse.ArgumentParser) -> dict[str, str]:
                 parsers.extend(action.choices.values())
                 continue
             names = action.option_strings
+            if isinstance(action, argparse.BooleanOptionalAction):
+                continue  # --x / --no-x: both current
             if len(names) > 1 and "." in names[0]:
                 found.update(dict.fromkeys(names[1:], names[0]))
     return found
@@ -216,6 +218,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SERVICE",
         help="probe an optional client service too (pop3, pop3s, imap, imaps, um-callrouter-sip...)",
     )
+    parser.add_argument(
+        "--locate.max-hops",
+        dest="locate_max_hops",
+        type=int,
+        default=30,
+        metavar="N",
+        help="locate the device behind a blocked path with TTL-limited connects up to N hops (Linux, no "
+        "privileges; 0 disables locating; default 30)",
+    )
+    parser.add_argument(
+        "--locate.reverse-dns",
+        dest="locate_reverse_dns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="name a located device by reverse DNS (cached, 2 s at most; default on)",
+    )
     _log_flags(parser)
     parser.add_argument(
         "--log.file",
@@ -362,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="check the --inventory file this often and re-plan when it changed (default 10; 0 disables); "
         "a file that no longer validates is reported and the running plan kept",
+    )
+    serve.add_argument(
+        "--locate.every",
+        dest="locate_every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="locate a blocked path when it turns blocked and again this often while it stays so (default "
+        "300; 0 disables)",
     )
     serve.add_argument(
         "--discovery.interval",

@@ -87,6 +87,9 @@ class Settings:
     mesh: MeshSettings | None = None  # serve
     demo_break_after: float | None = None  # demo
     output: str = "table"  # check
+    locate_every: float = 300.0  # seconds between locations of a path that stays blocked; 0: never
+    locate_max_hops: int = 30  # 0: locating disabled
+    locate_reverse_dns: bool = True
 
 
 def _positive(flag: str, value: float, example: str) -> float:
@@ -98,6 +101,12 @@ def _positive(flag: str, value: float, example: str) -> float:
 def _at_least(flag: str, value: int, least: int, fix: str) -> int:
     if value < least:
         raise ConfigError(f"{flag} must be at least {least}, not {value}", fix=fix)
+    return value
+
+
+def _within(flag: str, value: int, low: int, high: int, fix: str) -> int:
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} must be from {low} to {high}, not {value}", fix=f"e.g. {flag} {fix}")
     return value
 
 
@@ -252,6 +261,11 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         inventory=inventory,
         probe_ca_file=args.probe_ca_file,
         output=getattr(args, "output", "table"),
+        locate_every=_not_negative(
+            "--locate.every", getattr(args, "locate_every", 300.0), "300, or 0 to disable locating"
+        ),
+        locate_max_hops=_within("--locate.max-hops", args.locate_max_hops, 0, 64, "30, or 0 to disable"),
+        locate_reverse_dns=bool(args.locate_reverse_dns),
     )
     if command == "check":
         return settings
@@ -268,6 +282,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         probe=settings.probe,
         inventory=settings.inventory,
         probe_ca_file=settings.probe_ca_file,
+        locate_every=settings.locate_every,
+        locate_max_hops=settings.locate_max_hops,
+        locate_reverse_dns=settings.locate_reverse_dns,
         state=_state(args),
         web=web,
         mesh=_mesh(args, port, env) if command == "serve" else None,

@@ -22,16 +22,25 @@ from tests.lab.waiting import wait_until
 pytestmark = pytest.mark.netns
 
 
+def judged_org(lab: RoutedLab) -> dict[str, Any]:
+    """The routed lab's EX1, probed from EX0 (this machine's side of the lab): an Exchange server's own
+    paths, which Microsoft's rule judges (an observer's would only be reported)."""
+    org = routed_lab_org(lab)
+    server = {"roles": ["mailbox"], "version": "2019", "site": "HQ"}
+    org["servers"].append({"name": "EX0", "fqdn": "ex0.lab.test", "address": lab.src4, **server})
+    return org
+
+
 @pytest.fixture
 def lab_service(routed_lab: RoutedLab, tmp_path: Path) -> Iterator[tuple[RoutedLab, Service]]:
     routed_lab.flush()
     routed_lab.listen(*EX1_PORTS)
     file = tmp_path / "inv.yaml"
-    file.write_text(yaml.safe_dump(routed_lab_org(routed_lab)))
+    file.write_text(yaml.safe_dump(judged_org(routed_lab)))
     svc = start_service(
         serve_args(
             file,
-            source="monitor.test",
+            source="ex0.lab.test",
             interval=4,
             timeout=0.3,
             confirm_delay=0.3,
@@ -77,7 +86,7 @@ def test_a_path_that_worked_and_is_then_dropped_is_newly_blocked_then_recovers(
     assert path_row(svc, 25)["status"] == "open"
     change = svc.get("/api/v1/changes").json()[0]
     assert (change["path"], change["from_status"], change["to_status"], change["classification"]) == (
-        "monitor.test|ex1.lab.test|2525|tcp|smtp",
+        "ex0.lab.test|ex1.lab.test|2525|tcp|smtp",
         "open",
         "blocked",
         "newly_blocked",
@@ -116,11 +125,11 @@ def test_a_path_that_never_answered_is_never_open_not_newly_blocked(
     # empty baseline, started while the rule is in place, has never seen it open: a misconfiguration.
     # (A bare RST on a path that never worked would read "not listening": see test_verdict_semantics.)
     file = tmp_path / "inv2.yaml"
-    file.write_text(yaml.safe_dump(routed_lab_org(lab)))
+    file.write_text(yaml.safe_dump(judged_org(lab)))
     fresh = start_service(
         serve_args(
             file,
-            source="monitor.test",
+            source="ex0.lab.test",
             interval=4,
             timeout=0.3,
             confirm_delay=0.3,

@@ -166,7 +166,10 @@ def test_fd_exhaustion_at_run_time_is_local_error_and_never_blocks(
     )
     try:
         wait_until(lambda: svc.get("/-/ready").status_code == 200)
-        wait_until(lambda: value(svc, "exchange_path_blocked", target="ex2.loop.test", port="25") == 1.0)
+        # ex2's ports refuse (nothing listens there): after hysteresis they read not listening
+        wait_until(
+            lambda: value(svc, "exchange_path_not_listening", target="ex2.loop.test", port="25") == 1.0
+        )
         open_before = value(svc, "exchange_probes_total", result="open") or 0
         subprocess.run(["prlimit", "--pid", str(svc.proc.pid), "--nofile=24:"], check=True)
         time.sleep(5)  # several intervals without sockets (our API may not answer meanwhile either)
@@ -174,7 +177,7 @@ def test_fd_exhaustion_at_run_time_is_local_error_and_never_blocks(
         wait_until(lambda: (value(svc, "exchange_probes_total", result="open") or 0) > open_before + 20)
         assert (value(svc, "exchange_probes_total", result="local_error") or 0) > 0  # it did happen
         assert (value(svc, "exchange_probes_total", result="filtered") or 0) == 0  # never read as a drop
-        # an open path never became blocked (refused ones reaching "never open" is their own story)
+        # an open path never became blocked (refused ones reading "not listening" is their own story)
         assert value(svc, "exchange_path_changes_total", **{"from": "open", "to": "blocked"}) == 0.0
         ex1 = [r for r in svc.get("/api/v1/paths", params={"target": "ex1.loop.test"}).json()]
         assert ex1 and all(r["status"] == "open" for r in ex1)  # open paths never turned blocked

@@ -93,6 +93,7 @@ def check_states(file: Path, env: dict[str, str]) -> dict[int, tuple[str, str]]:
             "1.3",
             "--output",
             "json",
+            "--no-locate.reverse-dns",
         ],
         env=env,
         cwd=REPO,

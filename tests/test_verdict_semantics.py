@@ -76,7 +76,8 @@ def test_ports_nobody_listens_on_leave_a_healthy_organisation_compliant_until_a_
             assert rows[port]["blocked"] is False and rows[port]["not_listening"] is True
             assert value(svc, "exchange_path_not_listening", port=str(port)) == 1.0
             assert value(svc, "exchange_path_blocked", port=str(port)) == 0.0
-        assert value(svc, "exchange_supportability_compliant", source="ex0.lab.test") == 1.0
+        # the metrics' verdicts are recomputed in the background every few seconds (a scrape never waits)
+        wait_until(lambda: value(svc, "exchange_supportability_compliant", source="ex0.lab.test") == 1.0)
         assert value(svc, "exchange_supportability_not_listening_paths", source="ex0.lab.test") == 2.0
 
         healthy.block("tcp dport 445 drop")  # a port that worked: the firewall change that pages
@@ -85,19 +86,22 @@ def test_ports_nobody_listens_on_leave_a_healthy_organisation_compliant_until_a_
         assert verdict_of(svc, "ex0.lab.test")["offending"] == ["ex1.lab.test:445/tcp"]
         wait_until(lambda: value(svc, "exchange_supportability_compliant", source="ex0.lab.test") == 0.0)
 
-        healthy.block("tcp dport 139 drop")  # dropped on the way now: never open, and a violation too
+        healthy.block("tcp dport 808 drop")  # dropped on the way now: never open, and a violation too
+        wait_until(lambda: _row(svc, 808)["classification"] == "never_open")
+        assert _row(svc, 808)["blocked"] is True
         wait_until(
-            lambda: svc.get("/api/v1/paths").json() and _row(svc, 139)["classification"] == "never_open"
+            lambda: len(verdict_of(svc, "ex0.lab.test")["offending"]) == 2,
+            timeout=20,
+            message=lambda: f"verdict: {verdict_of(svc, 'ex0.lab.test')}",
         )
-        assert _row(svc, 139)["blocked"] is True
-        wait_until(lambda: len(verdict_of(svc, "ex0.lab.test")["offending"]) == 2, timeout=20)
     finally:
         svc.stop()
         healthy.flush()
 
 
 def _row(svc: Service, port: int) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = svc.get("/api/v1/paths").json()
+    """EX1's path on `port` (an observer probes EX0, this machine's side of the lab, too)."""
+    rows: list[dict[str, Any]] = svc.get("/api/v1/paths", params={"target": "ex1.lab.test"}).json()
     return next(r for r in rows if r["port"] == port)
 
 
@@ -145,9 +149,8 @@ def test_an_ipv6_only_drop_between_dual_stack_hosts_is_caught_while_ipv4_stays_o
         assert smb()["ipv4"]["status"] == "open"  # the other family is untouched
         assert value(svc, "exchange_path_newly_blocked", port="445", family="ipv6") == 1.0
         assert value(svc, "exchange_path_newly_blocked", port="445", family="ipv4") == 0.0
-        wait_until(
-            lambda: verdict_of(svc, "ex0.lab.test")["offending"] == ["ex1.lab.test:445/tcp"], timeout=20
-        )
+        offending = ["ex1.lab.test:445/tcp [ipv6]"]  # the verdict names the family
+        wait_until(lambda: verdict_of(svc, "ex0.lab.test")["offending"] == offending, timeout=20)
     finally:
         svc.stop()
         healthy.flush()

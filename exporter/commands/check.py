@@ -11,11 +11,13 @@ from typing import Any
 from exporter import demo
 from exporter.compose import inventory_and_plan
 from exporter.engine.host import new_loop
+from exporter.engine.locator import Locator
 from exporter.engine.prober import targets_of
 from exporter.engine.scheduler import Engine
 from exporter.outputs.api import path_view
 from exporter.plan.planner import NetworkPath, dynamic_rpc_paths
 from exporter.probes import registry
+from exporter.probes.locate import Location
 from exporter.probes.outcome import Outcome
 from exporter.settings import Settings
 from exporter.state.recorder import Recorder
@@ -69,11 +71,12 @@ def run_check(settings: Settings) -> int:
         if dynamic:
             recorder.begin_plan([*paths, *dynamic])  # the first pass's results are carried over
             one_pass(dynamic, offset=len(paths))
+        locations = loop.run_until_complete(_locate_failing(settings, recorder))
     finally:
         loop.close()
         if listeners is not None:
             listeners.stop()
-    rows = [path_view(path, result) for path, result in recorder.table.items()]
+    rows = [path_view(path, result, locations.get(path.key)) for path, result in recorder.table.items()]
     if settings.output == "json":
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -85,6 +88,30 @@ def run_check(settings: Settings) -> int:
         _print_table(rows, source, inventory.organisation)
     failing = [r for r in rows if r["required"] and r["state"] != "open"]
     return 1 if failing else 0
+
+
+MAX_LOCATED = 64
+
+
+async def _locate_failing(settings: Settings, recorder: Recorder) -> dict[tuple[str | int, ...], Location]:
+    """Where each required path that is not open is blocked (the first MAX_LOCATED), so the one-shot run
+    after a firewall change names the device."""
+    if not settings.locate_max_hops:
+        return {}
+    locator = Locator(
+        max_hops=settings.locate_max_hops,
+        timeout=min(settings.probe.timeout, 2.0),
+        open_port=recorder.open_port,
+    )
+    failing = [
+        (path, result.outcome.state)
+        for path, result in recorder.table.items()
+        if path.required and result is not None and result.outcome.state.is_block
+    ][:MAX_LOCATED]
+    found = await asyncio.gather(*(locator.locate(path, state) for path, state in failing))
+    return {
+        path.key: where for (path, _state), where in zip(failing, found, strict=True) if where is not None
+    }
 
 
 def _run_with_progress(loop: asyncio.AbstractEventLoop, engine: Any, total: int) -> None:
@@ -141,14 +168,17 @@ def _print_table(rows: list[dict[str, Any]], source: str, organisation: str) -> 
         for r in group:
             style = _STYLE.get(r["state"] or "", "")
             rtt = f"{r['rtt_seconds'] * 1000:.1f}" if r["rtt_seconds"] is not None else ""
+            evidence = str(r["evidence"])
+            if r.get("location"):  # which device, how many hops away
+                evidence += f"; where: {r['location']['how']}"
             table.add_row(
-                str(r["port"]),
+                str(r["port"]) + (" (IPv6)" if r.get("family") == "ipv6" else ""),
                 r["proto"],
                 r["service"],
                 r["kind"],
                 "yes" if r["required"] else "no",
                 Text(str(r["state"]), style=style),
-                Text(str(r["evidence"])),
+                Text(evidence),
                 rtt,
             )
         console.print(table)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from exporter.plan.planner import NetworkPath
+from exporter.probes.locate import Location
 from exporter.state.results import PathResult
 from exporter.state.status import Classification, PathStatus, Transition
 from exporter.state.tracker import Verdict
@@ -46,6 +47,7 @@ class PathView(BaseModel):
     first_open: str | None
     last_open: str | None
     consecutive_non_open: int | None
+    location: LocationView | None  # where it is blocked, once located (blocked paths only)
 
 
 class ChangeView(BaseModel):
@@ -81,7 +83,41 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def path_view(path: NetworkPath, result: PathResult | None) -> dict[str, Any]:
+class HopView(BaseModel):
+    ttl: int
+    answer: str  # time-exceeded, open, refused, silent, admin-prohibited, host-unreachable ...
+    address: str | None
+
+
+class LocationView(BaseModel):
+    """Where a blocked path is blocked, as TTL-limited connects tell it."""
+
+    how: str
+    hop: int | None
+    device: str | None
+    device_name: str | None
+    verdict: str  # dropped, rejected, reset-by-device, reset-host-or-last-hop, unavailable
+    hops: list[HopView]
+    located_at: str | None
+
+
+def location_view(location: Location | None) -> dict[str, Any] | None:
+    if location is None:
+        return None
+    return {
+        "how": location.how,
+        "hop": location.hop,
+        "device": location.device,
+        "device_name": location.device_name,
+        "verdict": location.verdict,
+        "hops": [{"ttl": h.ttl, "answer": h.answer, "address": h.address} for h in location.hops],
+        "located_at": iso(location.located_at) if location.located_at else None,
+    }
+
+
+def path_view(
+    path: NetworkPath, result: PathResult | None, location: Location | None = None
+) -> dict[str, Any]:
     outcome = result.outcome if result else None
     return {
         "source": path.source,
@@ -105,6 +141,7 @@ def path_view(path: NetworkPath, result: PathResult | None) -> dict[str, Any]:
         "last_probe": iso(result.wall) if result else None,
         "details": dict(outcome.details) if outcome else {},
         **status_view(result.status if result else None),
+        "location": location_view(location),
     }
 
 

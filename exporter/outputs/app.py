@@ -73,7 +73,8 @@ def create_app(
         return mesh.Peer(agent.source, base, site, member.primary_role if member else "observer")
 
     def own_rows() -> list[dict[str, Any]]:
-        return [path_view(path, result) for path, result in agent.table.items()]
+        where = agent.locations
+        return [path_view(path, result, where.get(path.key)) for path, result in agent.table.items()]
 
     def plan_for(identity: str) -> list[NetworkPath]:
         return planner(agent.inventory, identity) if planner else []
@@ -119,7 +120,7 @@ def create_app(
                 continue
             if state is not None and (result is None or result.outcome.state is not state):
                 continue
-            out.append(path_view(path, result))
+            out.append(path_view(path, result, agent.locations.get(path.key)))
             if len(out) >= limit:
                 break
         return JSONResponse(out)

@@ -141,6 +141,9 @@ def _tooltip(cell: Cell) -> str:
             line += f" ({row.get('classification')}, since {row.get('state_since') or '?'})"
         if row.get("evidence"):
             line += f" - {row['evidence']}"
+        location = row.get("location")
+        if isinstance(location, Mapping) and location.get("how"):
+            line += f" - where: {location['how']}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -150,6 +153,10 @@ def _ports_list(cell: Cell) -> str:
     for row in sorted(cell.paths, key=lambda r: (path_verdict(r) == "open", int(r.get("port", 0)))):
         verdict = path_verdict(row)
         evidence = f" <span class=ev>{_e(row['evidence'])}</span>" if row.get("evidence") else ""
+        location = row.get("location")
+        if isinstance(location, Mapping) and location.get("how"):
+            named = f" ({location['device_name']})" if location.get("device_name") else ""
+            evidence += f" <span class=where>where: {_e(location['how'])}{_e(named)}</span>"
         items.append(
             f"<li class='v-{verdict}'><span class=icon aria-hidden=true>{_ICON[verdict]}</span> "
             f"{_e(row.get('port'))}/{_e(row.get('proto'))} {_e(row.get('service'))}{_e(_where(row))}: "

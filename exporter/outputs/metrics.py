@@ -17,7 +17,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.outputs.exposition import PathExposition
+from exporter.outputs.exposition import LABELS, PathExposition
 from exporter.outputs.view import AgentView, InventoryHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -188,9 +188,49 @@ class InventoryCollector(Collector):
         )
 
 
+class LocationCollector(Collector):
+    """exchange_path_block_location_info: one series per located blocked path (gone when it reopens)."""
+
+    def __init__(self, agent: AgentView) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "exchange_path_block_location_info",
+            "Where a blocked path is blocked, by TTL-limited connects: the hop and device that answered "
+            "last (dropped), rejected it (ICMP) or reset it (a device short of the target); always 1.",
+            labels=[*LABELS, "family", "hop", "device", "device_name", "verdict"],
+        )
+        locations = self.agent.locations
+        if locations:
+            for path in self.agent.table.paths:
+                where = locations.get(path.key)
+                if where is None:
+                    continue
+                values = (
+                    path.source,
+                    path.source_site,
+                    path.target,
+                    path.target_site,
+                    path.target_role,
+                    str(path.port),
+                    path.proto,
+                    path.service,
+                    path.kind.value,
+                    path.family,
+                    str(where.hop) if where.hop is not None else "",
+                    where.device or "",
+                    where.device_name or "",
+                    where.verdict,
+                )
+                info.add_metric(list(values), 1)
+        yield info
+
+
 def build_registry(agent: AgentView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExporterCollector(agent))
+    registry.register(LocationCollector(agent))
     if agent.inventory_health is not None:
         registry.register(InventoryCollector(agent.inventory_health))
     ProcessCollector(registry=registry)

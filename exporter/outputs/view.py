@@ -6,10 +6,12 @@ depends on nothing else, so a new output needs no change to how the agent is put
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from exporter.engine.scheduler import EngineStats
 from exporter.inventory.model import Inventory
+from exporter.probes.locate import Location
 from exporter.state.results import ResultTable
 from exporter.state.status import Status, Transition
 from exporter.state.tracker import Verdict
@@ -94,3 +96,7 @@ class AgentView(Protocol):
 
     @property
     def inventory_health(self) -> InventoryHealth | None: ...
+
+    @property
+    def locations(self) -> Mapping[tuple[str | int, ...], Location]:
+        """Where each located blocked path (by its key) is blocked."""

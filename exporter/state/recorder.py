@@ -11,10 +11,12 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from exporter.engine.locator import Locator
 from exporter.plan.planner import NetworkPath
+from exporter.probes.locate import Location
 from exporter.probes.outcome import Outcome, State
 from exporter.state.results import ResultListener, ResultTable
-from exporter.state.status import Status
+from exporter.state.status import Status, path_key
 from exporter.state.tracker import Tracker, Verdict
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,19 @@ VERDICT_EVERY = 5.0
 class Recorder:
     """The sink of one agent's probing. Called on the prober's thread; readers use `table`."""
 
-    def __init__(self, tracker: Tracker | None = None, listeners: Sequence[ResultListener] = ()) -> None:
+    def __init__(
+        self,
+        tracker: Tracker | None = None,
+        listeners: Sequence[ResultListener] = (),
+        locator: Locator | None = None,
+    ) -> None:
         self.tracker = tracker
         self.listeners = tuple(listeners)
+        self.locator = locator
         self.table = ResultTable([])
+        if locator is not None:
+            locator.open_port = self.open_port
+            locator.on_located = self._located
 
     def begin_plan(self, paths: Sequence[NetworkPath]) -> None:
         """A new plan: its table carries the results of the paths it keeps; paths never probed in this
@@ -58,11 +69,36 @@ class Recorder:
             listener.recorded(index, result)
         if status is None or tracker is None:
             return False
+        locator = self.locator
+        if locator is not None:
+            if status.status is Status.BLOCKED and outcome.state.is_block:
+                locator.request(self.table.paths[index], outcome.state)
+            elif status.status is Status.OPEN:
+                locator.forget(self.table.paths[index])
         return (
             status.status is Status.OPEN
             and outcome.state.is_block
             and status.consecutive_non_open < tracker.k
         ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
+
+    def open_port(self, path: NetworkPath) -> int | None:
+        """A TCP port of the same target (and family) that answered last: its distance in hops."""
+        for other, result in self.table.items():
+            if (
+                result is not None
+                and result.outcome.state is State.OPEN
+                and other.proto == "tcp"
+                and other.target == path.target
+                and other.family == path.family
+                and other.endpoint == path.endpoint
+            ):
+                return other.port
+        return None
+
+    def _located(self, path: NetworkPath, location: Location) -> None:
+        """A device in the path reset it: not a port nobody listens on, but a firewall (a violation)."""
+        if location.by_device and self.tracker is not None:
+            self.tracker.answered_by_device(path_key(path))
 
     @property
     def ready(self) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
@@ -189,6 +189,17 @@ class Tracker:
     def record(self, index: int, outcome: Outcome, wall: float) -> None:
         """The engine's sink signature (`Sink.record`), so the tracker can sit beside the PathTable."""
         self.observe(index, outcome, wall)
+
+    def answered_by_device(self, key: str) -> None:
+        """A located device (not the target host) answered for a path read as not listening (a reset by
+        a firewall short of the target): it is blocked by the network after all, never open."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is None or not record.not_listening:
+                return
+            record = replace(record, classification=Classification.NEVER_OPEN)
+            self._records[key] = record
+            self.store.put(record)
 
     def _advance(
         self, prev: PathStatus, outcome: Outcome, wall: float

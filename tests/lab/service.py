@@ -52,7 +52,9 @@ def serve_args(
             args.append(flag)
         elif setting is not None and setting is not False:
             args += [flag, str(setting)]
-    return [*args, "--state.file", str(state_file), *extra]
+    # located devices are not named by reverse DNS here: that would ask the host's resolver, off this
+    # machine (tests/test_locate.py names them through /etc/hosts)
+    return [*args, "--state.file", str(state_file), "--no-locate.reverse-dns", *extra]
 
 
 class Service:

@@ -1,0 +1,267 @@
+"""Locate a block: which device, how many hops away, for a blocked path. Unprivileged, Linux.
+
+A TCP socket with its TTL (IPv6: hop limit) set to k and IP_RECVERR enabled, connecting to the target,
+fails at once with EHOSTUNREACH when the TTL runs out, and its error queue holds the ICMP time-exceeded
+with the address of the hop that sent it. Trying k = 1, 2, ... (in parallel, bounded) lists the hops:
+- filtered: the hops that answer, and the last one before silence ("silent after hop 3 (10.1.2.1)"); the
+  target's distance (the TTL at which its open ports answer) tells "dropped before the target" from
+  "silent at the target's last hop", where a router's forward-chain drop and the target's own host
+  firewall look the same to a TTL probe (a router answers time-exceeded before it filters);
+- unreachable: the ICMP error names the rejecting device (admin-prohibited, host/net unreachable) and
+  the hop list places it;
+- refused: the smallest TTL at which the reset comes back. A device short of the target's last hop
+  resets at a smaller TTL than the target's distance: it is named. At the target's distance a reset
+  from the host and one from a device at the last hop look the same without the received TTL (a raw
+  socket): "the host, or a device at the last hop", never a guess.
+Elsewhere (Windows) `locate` says that locating is not available on this platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+from exporter.probes.contract import Resolved
+from exporter.probes.outcome import State
+
+MAX_HOPS = 30
+PARALLEL = 8  # TTL probes in flight for one trace
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
+_LINUX = sys.platform.startswith("linux")
+ICMP_KINDS = {
+    # (origin, type, code) -> what it says; origin 2 = ICMP, 3 = ICMPv6
+    (2, 3, 0): "net-unreachable",
+    (2, 3, 1): "host-unreachable",
+    (2, 3, 3): "port-unreachable",
+    (2, 3, 9): "net-prohibited",
+    (2, 3, 10): "host-prohibited",
+    (2, 3, 13): "admin-prohibited",
+    (3, 1, 0): "no-route",
+    (3, 1, 1): "admin-prohibited",
+    (3, 1, 3): "host-unreachable",
+    (3, 1, 4): "port-unreachable",
+    (3, 1, 5): "policy-failed",
+    (3, 1, 6): "reject-route",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """What TTL `ttl` met: a router's time-exceeded (address), the target's answer, an ICMP error, or
+    silence."""
+
+    ttl: int
+    answer: str  # "time-exceeded" | "open" | "refused" | an ICMP_KINDS value | "silent" | "error"
+    address: str | None = None  # who answered
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a blocked path is blocked, as far as TTL probes can tell."""
+
+    how: str  # one line for people: "silent after hop 2 (10.1.2.1): dropped there or beyond"
+    hop: int | None = None  # the hop of the device named, when one is
+    device: str | None = None  # its address
+    verdict: str = ""  # dropped | rejected | reset-by-device | reset-host-or-last-hop | unavailable
+    hops: tuple[Hop, ...] = ()
+    located_at: float = 0.0
+    device_name: str | None = None  # reverse DNS, filled in by the caller when it resolves
+
+    @property
+    def by_device(self) -> bool:
+        """A device in the path answered for the target (a firewall): a violation, whatever the state."""
+        return self.verdict in ("rejected", "reset-by-device")
+
+
+def available() -> bool:
+    return _LINUX
+
+
+async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) -> Hop:
+    """One TCP connect with TTL (hop limit) `ttl`: what came back."""
+    loop = asyncio.get_running_loop()
+    six = resolved.family == socket.AF_INET6
+    try:
+        sock = socket.socket(resolved.family, socket.SOCK_STREAM)
+    except OSError:
+        return Hop(ttl, "error")
+    try:
+        sock.setblocking(False)
+        if six:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_UNICAST_HOPS, ttl)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            address: tuple[str, int] | tuple[str, int, int, int] = (resolved.host, port, 0, 0)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+            address = (resolved.host, port)
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, address)
+        except TimeoutError:
+            return Hop(ttl, "silent")
+        except OSError as exc:
+            origin = error_queue(sock)
+            if origin is not None:
+                kind, sender = origin
+                return Hop(ttl, kind, sender)
+            if exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
+                return Hop(ttl, "refused", resolved.host)
+            return Hop(ttl, "error")
+        return Hop(ttl, "open", resolved.host)
+    finally:
+        sock.close()
+
+
+def error_queue(sock: socket.socket) -> tuple[str, str | None] | None:
+    """(what the ICMP error says, who sent it) from the socket's error queue, or None."""
+    for _ in range(4):
+        try:
+            _data, ancillary, _flags, _address = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+        except OSError:
+            return None
+        for level, kind, blob in ancillary:
+            if (level, kind) not in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
+                continue
+            if len(blob) < 16:
+                continue
+            _errno, origin, icmp_type, icmp_code, _pad, _info, _data2 = struct.unpack_from("=IBBBBII", blob)
+            if origin not in (2, 3):
+                continue
+            if (origin, icmp_type) in ((2, 11), (3, 3)):
+                what = "time-exceeded"
+            else:
+                what = ICMP_KINDS.get((origin, icmp_type, icmp_code), f"icmp-{icmp_type}/{icmp_code}")
+            return what, _offender(blob[16:])
+    return None
+
+
+def _offender(raw: bytes) -> str | None:
+    if len(raw) >= 8:
+        family = int.from_bytes(raw[:2], sys.byteorder)
+        if family == socket.AF_INET:
+            return socket.inet_ntop(socket.AF_INET, raw[4:8])
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    return None
+
+
+async def trace(resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS) -> list[Hop]:
+    """TTL-limited connects from hop 1 upwards, PARALLEL at a time, until the target (or an ICMP error
+    other than time-exceeded) answers, or `max_hops`. Silence after the last answer ends it too: what
+    lies beyond a drop cannot answer."""
+    hops: list[Hop] = []
+    ttl = 1
+    while ttl <= max_hops:
+        batch = range(ttl, min(ttl + PARALLEL, max_hops + 1))
+        results = await asyncio.gather(*(_ttl_probe(resolved, port, k, timeout) for k in batch))
+        for hop in results:
+            hops.append(hop)
+            if hop.answer != "time-exceeded":
+                # the first non-router answer ends the trace (later TTLs would only repeat it)
+                return _until_final(hops)
+        ttl += PARALLEL
+    return hops
+
+
+def _until_final(hops: list[Hop]) -> list[Hop]:
+    for index, hop in enumerate(hops):
+        if hop.answer != "time-exceeded":
+            return hops[: index + 1]
+    return hops
+
+
+async def locate(
+    resolved: Resolved,
+    port: int,
+    state: State,
+    *,
+    distance: int | None = None,
+    timeout: float = 1.0,
+    max_hops: int = MAX_HOPS,
+) -> Location:
+    """Where `port` of the target at `resolved` is blocked, given how it was blocked (`state`) and, when
+    known, the target's distance in hops (the TTL at which its open ports answer)."""
+    now = time.time()
+    if not available():
+        return Location("location not available on this platform", verdict="unavailable", located_at=now)
+    hops = tuple(await trace(resolved, port, timeout, max_hops))
+    routers = [h for h in hops if h.answer == "time-exceeded"]
+    last = hops[-1] if hops else None
+
+    def named(ttl: int) -> str:
+        hop = next((h for h in routers if h.ttl == ttl), None)
+        return f"hop {ttl} ({hop.address})" if hop and hop.address else f"hop {ttl}"
+
+    if last is None:
+        return Location("no answer at any hop", verdict="dropped", hops=hops, located_at=now)
+    if last.answer in ("open",):
+        return Location("open now: nothing blocks it", verdict="open", hops=hops, located_at=now)
+    if last.answer not in ("silent", "refused", "error", "time-exceeded"):
+        device_hop = next((h.ttl for h in routers if h.address == last.address), None)
+        if device_hop is None and last.address is not None and last.address != resolved.host:
+            device_hop = last.ttl - 1 if last.ttl > 1 else 1  # it answered for the TTL that reached it
+        where = f"hop {device_hop}, " if device_hop else ""
+        return Location(
+            f"rejected by {last.address} ({where}{last.answer})",
+            device_hop,
+            last.address,
+            "rejected",
+            hops,
+            now,
+        )
+    if last.answer == "refused":
+        if distance is not None and last.ttl < distance:
+            device = routers[-1].address if routers else None
+            return Location(
+                f"reset by a device at {named(last.ttl - 1)}, before the target (hop {distance})",
+                last.ttl - 1,
+                device,
+                "reset-by-device",
+                hops,
+                now,
+            )
+        return Location(
+            f"reset at hop {last.ttl}: by the host, or by a device at the last hop "
+            "(telling them apart needs the reset's received TTL)",
+            last.ttl,
+            None,
+            "reset-host-or-last-hop",
+            hops,
+            now,
+        )
+    # silence (filtered)
+    answered = routers[-1] if routers else None
+    if answered is None:
+        return Location(
+            "silent from hop 1: dropped at the first hop or beyond", 1, None, "dropped", hops, now
+        )
+    if distance is not None and answered.ttl == distance - 1:
+        how = (
+            f"silent at the target (hop {distance}) after {named(answered.ttl)}: dropped by that last "
+            "router or by the target's own host firewall"
+        )
+    elif distance is not None and answered.ttl < distance - 1:
+        how = (
+            f"silent after {named(answered.ttl)}: dropped there or beyond, before the target (hop {distance})"
+        )
+    else:
+        how = f"silent after {named(answered.ttl)}: dropped there or beyond"
+    return Location(how, answered.ttl, answered.address, "dropped", hops, now)
+
+
+async def distance_to(
+    resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS
+) -> int | None:
+    """The TTL at which the target answers on `port` (an open one): its distance in hops."""
+    hops = await trace(resolved, port, timeout, max_hops)
+    last = hops[-1] if hops else None
+    return last.ttl if last is not None and last.answer in ("open", "refused") else None
