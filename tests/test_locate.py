@@ -38,6 +38,7 @@ pytestmark = pytest.mark.netns
 
 OPEN, PROBED, CLOSED = 8001, 8002, 8099
 HOSTS_MARK = "# exchange-firewall-exporter test_locate"
+REPO = Path(__file__).resolve().parents[1]
 CHECK = [sys.executable, "-m", "exporter", "check", "--probe.connect-only", "--output", "json"]
 CHECK += ["--no-locate.reverse-dns"]
 
@@ -63,7 +64,7 @@ def where(lab: TwoRouterLab, family: str, port: int, state: State) -> Location:
     async def run() -> Location:
         distance = await distance_to(resolved, OPEN, timeout=0.8)
         assert distance == 3
-        return await locate(resolved, port, state, distance=distance, timeout=0.8)
+        return await locate(resolved, port, state, distance=distance, open_port=OPEN, timeout=0.8)
 
     return asyncio.run(run())
 
@@ -120,17 +121,48 @@ def test_a_reset_from_the_first_router_is_a_device_not_the_host(lab: TwoRouterLa
     assert found.by_device
 
 
-@pytest.mark.parametrize("rule", ["r2", None])
-def test_a_reset_at_the_target_s_distance_is_never_guessed(lab: TwoRouterLab, rule: str | None) -> None:
-    """A reset from the last router and the host's own (nothing listens on CLOSED) both come back at the
-    target's distance: without the received TTL it says both, and blames no device."""
-    port = PROBED if rule else CLOSED
-    if rule:
-        lab.block(rule, f"tcp dport {PROBED} reject with tcp reset")
-    found = where(lab, "ipv4", port, State.REFUSED)
-    assert (found.verdict, found.hop, found.device) == ("reset-host-or-last-hop", 3, None)
-    assert found.how.startswith("reset at hop 3: by the host, or by a device at the last hop")
-    assert not found.by_device
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_with_cap_net_raw_the_reset_s_ttl_tells_the_last_router_from_the_host(
+    lab: TwoRouterLab, family: str
+) -> None:
+    """Root (CAP_NET_RAW): a raw socket sees the reset's TTL. The host's own reset (nothing listens on
+    CLOSED) comes with the TTL of its SYN-ACKs; the second router's comes one hop fresher: a device."""
+    host = where(lab, family, CLOSED, State.REFUSED)
+    assert (host.verdict, host.hop, host.by_device) == ("reset-by-host", 3, False)
+    assert host.how.startswith("reset by the host itself at hop 3")
+    lab.block("r2", f"tcp dport {PROBED} reject with tcp reset")
+    device = where(lab, family, PROBED, State.REFUSED)
+    r2 = lab.router(2, family)
+    assert (device.verdict, device.hop, device.device, device.by_device) == ("reset-by-device", 2, r2, True)
+    assert device.how.startswith(f"reset by a device at hop 2 ({r2}), not the host")
+
+
+def test_without_cap_net_raw_a_reset_at_the_target_s_distance_is_never_guessed(lab: TwoRouterLab) -> None:
+    """The same two resets, measured by a process without CAP_NET_RAW (setpriv drops it): both read
+    "the host, or a device at the last hop", and no device is blamed."""
+    lab.block("r2", f"tcp dport {PROBED} reject with tcp reset")
+    script = (
+        "import asyncio, json, socket, sys\n"
+        "from exporter.probes.contract import Resolved\n"
+        "from exporter.probes.locate import locate, raw_socket\n"
+        "from exporter.probes.outcome import State\n"
+        "assert raw_socket(socket.AF_INET) is None  # the capability really is gone\n"
+        f"target = Resolved(socket.AF_INET, {lab.dst4!r})\n"
+        "out = []\n"
+        f"for port in ({PROBED}, {CLOSED}):\n"
+        f"    where = asyncio.run(locate(target, port, State.REFUSED, distance=3, open_port={OPEN}))\n"
+        "    out.append([where.verdict, where.hop, where.device])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["reset-host-or-last-hop", 3, None]] * 2
 
 
 # ---- the running service: the location in the API, the metrics and the check output ---------------------

@@ -125,6 +125,7 @@ class Locator:
                 path.port,
                 state,
                 distance=distance,
+                open_port=port,
                 timeout=self.timeout,
                 max_hops=self.max_hops,
             )

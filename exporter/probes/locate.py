@@ -154,6 +154,98 @@ def _offender(raw: bytes) -> str | None:
     return None
 
 
+def raw_socket(family: int) -> socket.socket | None:
+    """A raw IPPROTO_TCP socket, which sees incoming TCP segments with their TTL; None without
+    CAP_NET_RAW (root, or granted to the service), the usual case, and then nothing is guessed."""
+    try:
+        raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    except OSError:
+        return None
+    raw.setblocking(False)
+    if family == socket.AF_INET6:
+        raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    return raw
+
+
+MAX_RAW_READS = 256  # segments one measurement may read from the raw socket (others' traffic included)
+
+
+async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0) -> int | None:
+    """The TTL (hop limit) with which the answer to a connect to `port` arrived: a SYN-ACK or a RST,
+    matched to our own connection by ports. None without CAP_NET_RAW, or when nothing matched."""
+    raw = raw_socket(resolved.family)
+    if raw is None:
+        return None
+    loop = asyncio.get_running_loop()
+    six = resolved.family == socket.AF_INET6
+    sock = socket.socket(resolved.family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(("::", 0, 0, 0) if six else ("0.0.0.0", 0))
+        local = sock.getsockname()[1]
+        address: tuple[str, int] | tuple[str, int, int, int] = (
+            (resolved.host, port, 0, 0) if six else (resolved.host, port)
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, address)
+        except (TimeoutError, OSError):
+            pass
+        deadline = time.monotonic() + 0.2
+        for _ in range(MAX_RAW_READS):
+            try:
+                data, ancillary, _flags, sender = raw.recvmsg(256, 64)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(0.01)
+                continue
+            ttl = _segment_ttl(data, ancillary, sender, resolved.host, port, local, six)
+            if ttl is not None:
+                return ttl
+        return None
+    finally:
+        sock.close()
+        raw.close()
+
+
+def _segment_ttl(
+    data: bytes,
+    ancillary: list[tuple[int, int, bytes]],
+    sender: tuple[object, ...],
+    host: str,
+    port: int,
+    local: int,
+    six: bool,
+) -> int | None:
+    """The TTL of a segment from host:port to our `local` port; None for anyone else's."""
+    if six:
+        if not sender or str(sender[0]).split("%")[0] != host or len(data) < 4:
+            return None
+        tcp, hops = data, None
+        for level, kind, blob in ancillary:
+            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(blob) >= 4:
+                hops = int.from_bytes(blob[:4], sys.byteorder)
+        if hops is None:
+            return None
+        ttl = hops
+    else:
+        if len(data) < 20 or socket.inet_ntop(socket.AF_INET, data[12:16]) != host:
+            return None
+        header = (data[0] & 0x0F) * 4
+        tcp, ttl = data[header:], data[8]
+    if len(tcp) < 4:
+        return None
+    source_port, dest_port = struct.unpack_from("!HH", tcp)
+    return ttl if (source_port, dest_port) == (port, local) else None
+
+
+def hops_travelled(ttl: int) -> int:
+    """How many routers decremented a TTL that arrived as `ttl` (initial TTLs are 64, 128 or 255)."""
+    initial = next(value for value in (64, 128, 255) if value >= ttl)
+    return initial - ttl
+
+
 async def trace(resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS) -> list[Hop]:
     """TTL-limited connects from hop 1 upwards, PARALLEL at a time, until the target (or an ICMP error
     other than time-exceeded) answers, or `max_hops`. Silence after the last answer ends it too: what
@@ -185,6 +277,7 @@ async def locate(
     state: State,
     *,
     distance: int | None = None,
+    open_port: int | None = None,
     timeout: float = 1.0,
     max_hops: int = MAX_HOPS,
 ) -> Location:
@@ -229,9 +322,12 @@ async def locate(
                 hops,
                 now,
             )
+        told = await _reset_by_ttl(resolved, port, open_port, timeout, routers, last.ttl, hops, now)
+        if told is not None:
+            return told
         return Location(
             f"reset at hop {last.ttl}: by the host, or by a device at the last hop "
-            "(telling them apart needs the reset's received TTL)",
+            "(telling them apart needs the reset's received TTL: CAP_NET_RAW)",
             last.ttl,
             None,
             "reset-host-or-last-hop",
@@ -256,6 +352,48 @@ async def locate(
     else:
         how = f"silent after {named(answered.ttl)}: dropped there or beyond"
     return Location(how, answered.ttl, answered.address, "dropped", hops, now)
+
+
+async def _reset_by_ttl(
+    resolved: Resolved,
+    port: int,
+    open_port: int | None,
+    timeout: float,
+    routers: list[Hop],
+    reached: int,
+    hops: tuple[Hop, ...],
+    now: float,
+) -> Location | None:
+    """With CAP_NET_RAW: compare the reset's received TTL with the host's own SYN-ACK's. The same: the
+    host reset it (nothing listens); different: a device did, at the hop its TTL says. None when either
+    TTL cannot be read (no capability, no open port to compare with)."""
+    if open_port is None:
+        return None
+    host_ttl = await received_ttl(resolved, open_port, timeout)
+    reset_ttl = await received_ttl(resolved, port, timeout)
+    if host_ttl is None or reset_ttl is None:
+        return None
+    if reset_ttl == host_ttl:
+        return Location(
+            f"reset by the host itself at hop {reached} (its reset came with its own TTL, {reset_ttl}): "
+            "nothing listens there",
+            reached,
+            resolved.host,
+            "reset-by-host",
+            hops,
+            now,
+        )
+    hop = hops_travelled(reset_ttl) + 1
+    device = next((h.address for h in routers if h.ttl == hop), None)
+    named = f" ({device})" if device else ""
+    return Location(
+        f"reset by a device at hop {hop}{named}, not the host (TTL {reset_ttl}, the host's {host_ttl})",
+        hop,
+        device,
+        "reset-by-device",
+        hops,
+        now,
+    )
 
 
 async def distance_to(
