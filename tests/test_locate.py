@@ -226,6 +226,8 @@ def test_the_service_locates_a_newly_blocked_path_and_forgets_it_when_it_reopens
         )
         matrix = svc.get("/matrix", params={"scope": "local"}).text
         assert "where: silent at the target (hop 3) after hop 2" in matrix
+        (change,) = [c for c in svc.get("/api/v1/changes").json() if c["to_status"] == "blocked"]
+        assert change["location"]["device"] == lab.router(2)  # the change log says where, too
         lab.flush()
         wait_until(lambda: smb_row(svc)["status"] == "open", timeout=30)
         assert smb_row(svc)["location"] is None  # reopened: the location (and its series) is gone

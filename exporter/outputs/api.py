@@ -14,6 +14,24 @@ from exporter.state.status import Classification, PathStatus, Transition
 from exporter.state.tracker import Verdict
 
 
+class HopView(BaseModel):
+    ttl: int
+    answer: str  # time-exceeded, open, refused, silent, admin-prohibited, host-unreachable ...
+    address: str | None
+
+
+class LocationView(BaseModel):
+    """Where a blocked path is blocked, as TTL-limited connects tell it."""
+
+    how: str
+    hop: int | None
+    device: str | None
+    device_name: str | None
+    verdict: str  # dropped, rejected, reset-by-device, reset-host-or-last-hop, unavailable
+    hops: list[HopView]
+    located_at: str | None
+
+
 class PathView(BaseModel):
     """One path and what its last probe said."""
 
@@ -59,6 +77,7 @@ class ChangeView(BaseModel):
     to_status: str
     classification: str
     evidence: str
+    location: LocationView | None  # a change to blocked: where the path is blocked now, once located
 
 
 class VerdictView(BaseModel):
@@ -81,24 +100,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
-
-
-class HopView(BaseModel):
-    ttl: int
-    answer: str  # time-exceeded, open, refused, silent, admin-prohibited, host-unreachable ...
-    address: str | None
-
-
-class LocationView(BaseModel):
-    """Where a blocked path is blocked, as TTL-limited connects tell it."""
-
-    how: str
-    hop: int | None
-    device: str | None
-    device_name: str | None
-    verdict: str  # dropped, rejected, reset-by-device, reset-host-or-last-hop, unavailable
-    hops: list[HopView]
-    located_at: str | None
 
 
 def location_view(location: Location | None) -> dict[str, Any] | None:
@@ -176,7 +177,8 @@ _STATUS_FIELDS = (
 )
 
 
-def change_view(change: Transition) -> dict[str, Any]:
+def change_view(change: Transition, location: Location | None = None) -> dict[str, Any]:
+    """One transition; a change to blocked carries where the path is blocked now, once located."""
     return {
         "time": iso(change.time),
         "path": change.key,
@@ -184,6 +186,7 @@ def change_view(change: Transition) -> dict[str, Any]:
         "to_status": change.to_status.value,
         "classification": change.classification.value,
         "evidence": change.evidence,
+        "location": location_view(location) if change.to_status.value == "blocked" else None,
     }
 
 

@@ -21,7 +21,9 @@ from exporter.outputs.limits import API_RATE, RequestLimits
 from exporter.outputs.mesh import MeshSettings
 from exporter.outputs.view import AgentView
 from exporter.plan.planner import NetworkPath
+from exporter.probes.locate import Location
 from exporter.probes.outcome import State
+from exporter.state.status import path_key
 
 MAX_PATHS_PAGE = 100_000
 MAX_CHANGES_PAGE = 10_000
@@ -91,6 +93,13 @@ def create_app(
         )
         return Response(body, media_type=metrics.CONTENT_TYPE, headers=headers)
 
+    def located_by_key() -> dict[str, Location]:
+        """The current locations by the key changes are stored under (`source|target|port|proto|check`)."""
+        locations = agent.locations
+        if not locations:
+            return {}
+        return {path_key(p): locations[p.key] for p in agent.table.paths if p.key in locations}
+
     @app.get("/-/healthy", include_in_schema=False)
     async def healthy() -> Response:
         return Response("Healthy\n", media_type="text/plain")
@@ -135,7 +144,10 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_CHANGES_PAGE)] = 100,
     ) -> JSONResponse:
         state = agent.state
-        rows = [] if state is None else [change_view(c) for c in state.changes(since, limit)]
+        where = located_by_key()
+        rows = (
+            [] if state is None else [change_view(c, where.get(c.key)) for c in state.changes(since, limit)]
+        )
         return JSONResponse(rows)
 
     @app.get(
@@ -155,7 +167,10 @@ def create_app(
 
     async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, object]], str]:
         state = agent.state
-        changes = [] if state is None else [change_view(c) for c in state.changes(0.0, 50)]
+        located = located_by_key()
+        changes = (
+            [] if state is None else [change_view(c, located.get(c.key)) for c in state.changes(0.0, 50)]
+        )
         if scope == "mesh" and settings.enabled:
             rows, errors = await the_mesh.rows()
             agents = len({row["source"] for row in rows})

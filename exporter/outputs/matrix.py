@@ -132,6 +132,15 @@ def _where(row: Mapping[str, Any]) -> str:
     return where
 
 
+def _where_located(row: Mapping[str, Any]) -> str:
+    """` where: silent after hop 2 (10.1.2.1)`, for a change or a path that has been located."""
+    location = row.get("location")
+    if not isinstance(location, Mapping) or not location.get("how"):
+        return ""
+    named = f" ({location['device_name']})" if location.get("device_name") else ""
+    return f" <span class=where>where: {_e(location['how'])}{_e(named)}</span>"
+
+
 def _tooltip(cell: Cell) -> str:
     lines = []
     for row in sorted(cell.paths, key=lambda r: (r.get("proto", ""), int(r.get("port", 0)))):
@@ -153,10 +162,7 @@ def _ports_list(cell: Cell) -> str:
     for row in sorted(cell.paths, key=lambda r: (path_verdict(r) == "open", int(r.get("port", 0)))):
         verdict = path_verdict(row)
         evidence = f" <span class=ev>{_e(row['evidence'])}</span>" if row.get("evidence") else ""
-        location = row.get("location")
-        if isinstance(location, Mapping) and location.get("how"):
-            named = f" ({location['device_name']})" if location.get("device_name") else ""
-            evidence += f" <span class=where>where: {_e(location['how'])}{_e(named)}</span>"
+        evidence += _where_located(row)
         items.append(
             f"<li class='v-{verdict}'><span class=icon aria-hidden=true>{_ICON[verdict]}</span> "
             f"{_e(row.get('port'))}/{_e(row.get('proto'))} {_e(row.get('service'))}{_e(_where(row))}: "
@@ -234,6 +240,7 @@ def render_changes(changes: Iterable[Mapping[str, Any]]) -> str:
             f"<span class=icon aria-hidden=true>{_ICON[verdict]}</span> {_e(what)}: "
             f"{_e(change.get('from_status'))} → <b>{_e(to)}</b> ({_e(change.get('classification'))})"
             + (f" <span class=ev>{_e(change['evidence'])}</span>" if change.get("evidence") else "")
+            + _where_located(change)
             + "</li>"
         )
     return "<ol id=changes>" + ("".join(items) or "<li>No changes yet.</li>") + "</ol>"
