@@ -82,8 +82,9 @@ def escape_label(value: str) -> str:
 OPTIONAL_LABELS = ("family", "endpoint")
 
 
-def label_string(path: NetworkPath) -> str:
-    values = (
+def label_values(path: NetworkPath) -> tuple[str, ...]:
+    """The values of LABELS for `path`, in order."""
+    return (
         path.source,
         path.source_site,
         path.target,
@@ -94,6 +95,10 @@ def label_string(path: NetworkPath) -> str:
         path.service,
         path.kind.value,
     )
+
+
+def label_string(path: NetworkPath) -> str:
+    values = label_values(path)
     text = ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
     for name, value in zip(OPTIONAL_LABELS, (path.family, path.endpoint), strict=True):
         if value:

@@ -17,7 +17,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.outputs.exposition import LABELS, PathExposition
+from exporter.outputs.exposition import LABELS, PathExposition, label_values
 from exporter.outputs.view import AgentView, InventoryHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -208,15 +208,7 @@ class LocationCollector(Collector):
                 if where is None:
                     continue
                 values = (
-                    path.source,
-                    path.source_site,
-                    path.target,
-                    path.target_site,
-                    path.target_role,
-                    str(path.port),
-                    path.proto,
-                    path.service,
-                    path.kind.value,
+                    *label_values(path),
                     path.family,
                     str(where.hop) if where.hop is not None else "",
                     where.device or "",

@@ -28,6 +28,22 @@ def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.
     return subprocess.run(list(args), check=check, capture_output=True, text=True, input=input)
 
 
+def wait_reachable(addresses: tuple[str, ...], timeout: float = 15.0) -> None:
+    """Until each address answers (a RST from port 9, closed, is an answer), or RuntimeError."""
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        while True:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1.0)
+                code = sock.connect_ex((address, 9))
+            if code == errno.ECONNREFUSED:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab target {address} not reachable: {errno.errorcode.get(code, code)}")
+            time.sleep(0.2)
+
+
 def require_tools(*tools: str) -> None:
     """Fail (never skip) when the lab cannot be built: a missing tool is a broken CI, not a pass."""
     missing = [t for t in tools if shutil.which(t) is None]
@@ -134,19 +150,7 @@ class RoutedLab:
         """Until the target answers on both families (a RST from a closed port is an answer): IPv6 link-
         local addresses finish duplicate address detection and neighbour discovery settles first, so the
         first probe of a test never meets a half-built network."""
-        deadline = time.monotonic() + timeout
-        for family, address in ((socket.AF_INET, self.dst4), (socket.AF_INET6, self.dst6)):
-            while True:
-                with socket.socket(family, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(1.0)
-                    code = sock.connect_ex((address, 9))
-                if code == errno.ECONNREFUSED:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"lab target {address} not reachable: {errno.errorcode.get(code, code)}"
-                    )
-                time.sleep(0.2)
+        wait_reachable((self.dst4, self.dst6), timeout)
 
     def nft(self, command: str) -> None:
         run("ip", "netns", "exec", self.rtr, "nft", command)

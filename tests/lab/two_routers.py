@@ -10,15 +10,12 @@ namespaces made here, and no namespace has an uplink, so nothing leaves the mach
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
-from tests.lab.netns import REPO, require_tools, run
+from tests.lab.netns import REPO, require_tools, run, wait_reachable
 
 NET = 246
 
@@ -139,17 +136,7 @@ class TwoRouterLab:
             raise RuntimeError("listener did not start in the two-router lab")
 
     def _wait_reachable(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        for family, address in ((socket.AF_INET, self.dst4), (socket.AF_INET6, self.dst6)):
-            while True:
-                with socket.socket(family, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(1.0)
-                    code = sock.connect_ex((address, 9))
-                if code == errno.ECONNREFUSED:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"two-router lab target {address} not reachable: {code}")
-                time.sleep(0.2)
+        wait_reachable((self.dst4, self.dst6), timeout)
 
     def down(self) -> None:
         if self.listener is not None:
