@@ -259,7 +259,8 @@ def test_simple_bind_over_plain_ldap_is_refused_by_our_code_before_connecting(sa
         "network in clear text"
     )
     assert (
-        caught.value.fix == f"use ldaps://{RELAXED_IP}:636 or --starttls (--allow-insecure-bind is for labs)"
+        caught.value.fix
+        == f"use ldaps://{RELAXED_IP}:636 or --ldap.starttls (--ldap.allow-insecure-bind is for labs)"
     )
 
 
@@ -308,7 +309,7 @@ def test_wrong_password_is_a_bind_failure(samba_lab: SambaLab) -> None:
     assert caught.value.failures[0].detail.startswith("invalidCredentials (49): 80090308: LdapErr:")
     assert (
         caught.value.fix
-        == "check the bind user and the password (EXFW_BIND_PASSWORD or --bind-password-file)"
+        == "check the bind user and the password (EXFW_BIND_PASSWORD or --ldap.bind-password-file)"
     )
 
 
@@ -367,7 +368,7 @@ def test_all_urls_failing_is_one_error_saying_which_failed_how(samba_lab: SambaL
     assert str(caught.value) == (
         f"directory discovery failed: ldaps://{LAB_IP}:{closed_port}: connect: connection refused; "
         f"ldaps://{LAB_IP}:636: tls: {tls_detail} (fix: check the address, the port and the firewall between "
-        "here and the DC; trust the CA that issued the DC's certificate with --ca-file)"
+        "here and the DC; trust the CA that issued the DC's certificate with --ldap.ca-file)"
     )
 
 
@@ -562,7 +563,7 @@ def test_discover_exit_codes_say_config_error_or_failure(
     assert run_discover(discover_args(*common, "--ldap-url", f"ldaps://{LAB_IP}")) == 2
     assert capsys.readouterr().err == (
         "error: simple bind needs a password "
-        "(fix: set EXFW_BIND_PASSWORD or give --bind-password-file FILE)\n"
+        "(fix: set EXFW_BIND_PASSWORD or give --ldap.bind-password-file FILE)\n"
     )
 
 
@@ -707,7 +708,9 @@ def test_service_runs_from_ldap_discovery_instead_of_an_inventory_file(
     try:
         rows = httpx.get(base + "/api/v1/paths", timeout=10).json()
         targets = {row["target"] for row in rows}
-        assert {s.fqdn for s in EXPECTED_SERVERS} | {d.fqdn for d in EXPECTED_DCS} == targets
+        # every member, and the DAG's file share witness (an observer probes every witness's SMB)
+        members = {s.fqdn for s in EXPECTED_SERVERS} | {d.fqdn for d in EXPECTED_DCS}
+        assert members | {"fsw01.lab.example.test"} == targets
         # the Edge server gets only its two documented paths, and they never count
         assert {(r["port"], r["required"]) for r in rows if r["target"].startswith("edge01")} == {
             (25, False),

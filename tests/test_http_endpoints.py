@@ -64,7 +64,9 @@ def test_metrics_pass_promtool_and_carry_each_paths_state(service: Service) -> N
         "proto",
         "service",
         "kind",
+        "family",  # the inventory gives an IPv4 address: the path is its IPv4 one
     }
+    assert sample.labels["family"] == "ipv4"
     for name in (
         "exchange_probes",
         "exchange_probe_lag_seconds",
