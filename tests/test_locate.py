@@ -29,6 +29,7 @@ import yaml
 from exporter.probes.contract import Resolved
 from exporter.probes.locate import Location, distance_to, locate
 from exporter.probes.outcome import State
+from tests.lab.browser import browse
 from tests.lab.metrics import samples
 from tests.lab.service import Service, serve_args, start_service
 from tests.lab.two_routers import TwoRouterLab
@@ -229,6 +230,14 @@ def test_the_service_locates_a_newly_blocked_path_and_forgets_it_when_it_reopens
         changes = svc.get("/api/v1/changes").json()
         (change,) = [c for c in changes if c["to_status"] == "blocked" and "|445|" in c["path"]]
         assert change["location"]["device"] == lab.router(2)  # the change log says where, too
+        # the page as a person sees it (the README's picture of a located block)
+        (REPO / "artifacts").mkdir(exist_ok=True)
+        shot = REPO / "artifacts" / "matrix-located.png"
+        shot.unlink(missing_ok=True)
+        dom = browse(svc.base + "/matrix?scope=local", tmp_path)
+        assert "where: silent at the target (hop 3) after hop 2" in dom and "fw-core-01.lab.test" in dom
+        browse(svc.base + "/matrix?scope=local", tmp_path, screenshot=shot)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         lab.flush()
         wait_until(lambda: smb_row(svc)["status"] == "open", timeout=30)
         assert smb_row(svc)["location"] is None  # reopened: the location (and its series) is gone
