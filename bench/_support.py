@@ -254,13 +254,13 @@ def exporter_metrics(port: int) -> dict[str, float]:
 
 
 # ---- inventory ---------------------------------------------------------------------------------------
-PATHS_PER_SERVER = 14  # a non-DAG Exchange 2019 Mailbox server seen from an observer
+PATHS_PER_SERVER = 15  # a non-DAG Exchange 2019 Mailbox server seen from an observer (81 since 0.1 fidelity)
 PATHS_PER_GC = 9  # a global catalog: 53, 88, 135, 389, 445, 464, 636, 3268, 3269
 PATHS_PER_DC = 7  # a plain DC: the same less 3268/3269
 
 
 def _composition(n_paths: int) -> tuple[int, int, int]:
-    """(servers, gcs, dcs) whose plan is exactly n_paths long (any n >= 48, or a multiple of 14)."""
+    """(servers, gcs, dcs) whose plan is exactly n_paths long (most n >= 48, any multiple of 15)."""
     servers = n_paths // PATHS_PER_SERVER
     while servers >= 0:
         rest = n_paths - servers * PATHS_PER_SERVER
