@@ -26,6 +26,7 @@ from exporter.probes.outcome import State
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256
+MAX_REMEMBERED = 200_000  # paths whose last location time is kept
 NAME_TIMEOUT = 2.0
 MAX_NAMES = 4096
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
@@ -64,17 +65,23 @@ class Locator:
     def enabled(self) -> bool:
         return self.every > 0 and locate.available()
 
-    def request(self, path: NetworkPath, state: State) -> None:
-        """The path is blocked (`state`): locate it unless it was located lately. Call on the loop."""
+    def request(self, path: NetworkPath, state: State, *, again: bool = True) -> None:
+        """The path is blocked (`state`): locate it unless it was located lately; with `again` False (a
+        port nobody listens on) only once, so such ports cost nothing in the steady state. Call on the
+        loop."""
         if not self.enabled or not state.is_block:
             return
         key = path.key
         now = time.monotonic()
         if key in self._running or now - self._last.get(key, -self.every) < self.every:
             return
+        if not again and key in self._last:
+            return
         if len(self._running) >= MAX_PENDING:
             return  # bounded: the next blocked probe asks again
         self._running.add(key)
+        if len(self._last) >= MAX_REMEMBERED:
+            self._last.clear()  # bounded: paths long gone from the plan are forgotten with the rest
         self._last[key] = now
         task = asyncio.get_running_loop().create_task(self._locate(path, state))
         self._tasks.add(task)

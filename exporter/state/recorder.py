@@ -72,7 +72,9 @@ class Recorder:
         locator = self.locator
         if locator is not None:
             if status.status is Status.BLOCKED and outcome.state.is_block:
-                locator.request(self.table.paths[index], outcome.state)
+                # a port nobody listens on is located once (a device's reset there is a violation);
+                # a block by the network again every `every` while it lasts
+                locator.request(self.table.paths[index], outcome.state, again=status.blocked)
             elif status.status is Status.OPEN:
                 locator.forget(self.table.paths[index])
         return (
