@@ -253,14 +253,16 @@ async def trace(resolved: Resolved, port: int, timeout: float = 1.0, max_hops: i
     hops: list[Hop] = []
     ttl = 1
     while ttl <= max_hops:
-        batch = range(ttl, min(ttl + PARALLEL, max_hops + 1))
+        # hop 1 alone first: a target on the same network answers there, and costs one connect
+        width = 1 if ttl == 1 else PARALLEL
+        batch = range(ttl, min(ttl + width, max_hops + 1))
         results = await asyncio.gather(*(_ttl_probe(resolved, port, k, timeout) for k in batch))
         for hop in results:
             hops.append(hop)
             if hop.answer != "time-exceeded":
                 # the first non-router answer ends the trace (later TTLs would only repeat it)
                 return _until_final(hops)
-        ttl += PARALLEL
+        ttl += width
     return hops
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from exporter.engine.locator import Locator
@@ -22,6 +23,7 @@ from exporter.state.tracker import Tracker, Verdict
 log = logging.getLogger(__name__)
 
 EXPIRE_EVERY = 60.0
+OPEN_PORTS_FOR = 10.0  # seconds an index of the targets' open ports is reused for locating
 VERDICT_EVERY = 5.0
 
 
@@ -38,6 +40,7 @@ class Recorder:
         self.listeners = tuple(listeners)
         self.locator = locator
         self.table = ResultTable([])
+        self._open_ports: tuple[float, dict[tuple[str, str, str], int]] | None = None
         if locator is not None:
             locator.open_port = self.open_port
             locator.on_located = self._located
@@ -84,18 +87,17 @@ class Recorder:
         ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
 
     def open_port(self, path: NetworkPath) -> int | None:
-        """A TCP port of the same target (and family) that answered last: its distance in hops."""
-        for other, result in self.table.items():
-            if (
-                result is not None
-                and result.outcome.state is State.OPEN
-                and other.proto == "tcp"
-                and other.target == path.target
-                and other.family == path.family
-                and other.endpoint == path.endpoint
-            ):
-                return other.port
-        return None
+        """A TCP port of the same target (and family) that answered last: its distance in hops. One pass
+        over the table indexes every target's, reused for OPEN_PORTS_FOR seconds (a burst of locations
+        after a firewall change costs one pass, not one a path)."""
+        now = time.monotonic()
+        if self._open_ports is None or now - self._open_ports[0] > OPEN_PORTS_FOR:
+            ports: dict[tuple[str, str, str], int] = {}
+            for other, result in self.table.items():
+                if result is not None and result.outcome.state is State.OPEN and other.proto == "tcp":
+                    ports.setdefault((other.target, other.family, other.endpoint), other.port)
+            self._open_ports = (now, ports)
+        return self._open_ports[1].get((path.target, path.family, path.endpoint))
 
     def _located(self, path: NetworkPath, location: Location) -> None:
         """A device in the path reset it: not a port nobody listens on, but a firewall (a violation)."""
