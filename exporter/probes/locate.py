@@ -26,16 +26,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+from exporter.probes import errqueue
 from exporter.probes.contract import Resolved
 from exporter.probes.outcome import State
 
 MAX_HOPS = 30
 PARALLEL = 8  # TTL probes in flight for one trace
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 _IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
-_LINUX = sys.platform.startswith("linux")
 ICMP_KINDS = {
     # (origin, type, code) -> what it says; origin 2 = ICMP, 3 = ICMPv6
     (2, 3, 0): "net-unreachable",
@@ -82,7 +79,7 @@ class Location:
 
 
 def available() -> bool:
-    return _LINUX
+    return errqueue.LINUX
 
 
 async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) -> Hop:
@@ -95,13 +92,12 @@ async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) ->
         return Hop(ttl, "error")
     try:
         sock.setblocking(False)
+        errqueue.enable(sock)
         if six:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_UNICAST_HOPS, ttl)
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
             address: tuple[str, int] | tuple[str, int, int, int] = (resolved.host, port, 0, 0)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
             address = (resolved.host, port)
         try:
             async with asyncio.timeout(timeout):
@@ -123,35 +119,13 @@ async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) ->
 
 def error_queue(sock: socket.socket) -> tuple[str, str | None] | None:
     """(what the ICMP error says, who sent it) from the socket's error queue, or None."""
-    for _ in range(4):
-        try:
-            _data, ancillary, _flags, _address = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
-        except OSError:
-            return None
-        for level, kind, blob in ancillary:
-            if (level, kind) not in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
-                continue
-            if len(blob) < 16:
-                continue
-            _errno, origin, icmp_type, icmp_code, _pad, _info, _data2 = struct.unpack_from("=IBBBBII", blob)
-            if origin not in (2, 3):
-                continue
-            if (origin, icmp_type) in ((2, 11), (3, 3)):
-                what = "time-exceeded"
-            else:
-                what = ICMP_KINDS.get((origin, icmp_type, icmp_code), f"icmp-{icmp_type}/{icmp_code}")
-            return what, _offender(blob[16:])
-    return None
-
-
-def _offender(raw: bytes) -> str | None:
-    if len(raw) >= 8:
-        family = int.from_bytes(raw[:2], sys.byteorder)
-        if family == socket.AF_INET:
-            return socket.inet_ntop(socket.AF_INET, raw[4:8])
-        if family == socket.AF_INET6 and len(raw) >= 24:
-            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
-    return None
+    found = errqueue.read(sock, drain=4)
+    if found is None:
+        return None
+    if (found.origin, found.type) in ((errqueue.ORIGIN_ICMP, 11), (errqueue.ORIGIN_ICMP6, 3)):
+        return "time-exceeded", found.sender
+    kind = ICMP_KINDS.get((found.origin, found.type, found.code), f"icmp-{found.type}/{found.code}")
+    return kind, found.sender
 
 
 def raw_socket(family: int) -> socket.socket | None:

@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
-import sys
 import time
 from dataclasses import dataclass
 
+from exporter.probes import errqueue
 from exporter.probes.contract import Resolved
 from exporter.probes.conversation import Conversation, sockaddr
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
 MAX_DATAGRAM = 65536
 
-# Linux constants Python 3.11 does not export
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-_LINUX = sys.platform.startswith("linux")
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _CLOEXEC = getattr(socket, "SOCK_CLOEXEC", 0)
-_ICMP_ORIGINS = {2: "ICMP", 3: "ICMPv6"}
+_ICMP_ORIGINS = {errqueue.ORIGIN_ICMP: "ICMP", errqueue.ORIGIN_ICMP6: "ICMPv6"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,43 +37,17 @@ def open_socket(family: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK | _CLOEXEC)
     if not _NONBLOCK:
         sock.setblocking(False)
-    if _LINUX:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+    errqueue.enable(sock)
     return sock
 
 
 def icmp_origin(sock: socket.socket) -> str:
     """`ICMP type 3 code 13 from 10.0.0.1` from the socket's error queue; "" off Linux or if none."""
-    if not _LINUX:
+    found = errqueue.read(sock)
+    if found is None:
         return ""
-    found = ""
-    for _ in range(8):  # drain what this probe caused; the queue is per socket and the socket is ours
-        try:
-            _data, ancillary, _flags, _address = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
-        except OSError:
-            break
-        for level, kind, blob in ancillary:
-            if (level, kind) not in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
-                continue
-            if len(blob) < 16 or found:
-                continue
-            _errno, origin, icmp_type, icmp_code, _pad, _info, _extra = struct.unpack_from("=IBBBBII", blob)
-            if origin in _ICMP_ORIGINS:
-                found = f"{_ICMP_ORIGINS[origin]} type {icmp_type} code {icmp_code}{_offender(blob[16:])}"
-    return found
-
-
-def _offender(raw: bytes) -> str:
-    if len(raw) >= 8:
-        family = int.from_bytes(raw[:2], sys.byteorder)
-        if family == socket.AF_INET:
-            return f" from {socket.inet_ntop(socket.AF_INET, raw[4:8])}"
-        if family == socket.AF_INET6 and len(raw) >= 24:
-            return f" from {socket.inet_ntop(socket.AF_INET6, raw[8:24])}"
-    return ""
+    sender = f" from {found.sender}" if found.sender else ""
+    return f"{_ICMP_ORIGINS[found.origin]} type {found.type} code {found.code}{sender}"
 
 
 def _error(sock: socket.socket, exc: OSError, rtt: float, attempt: int) -> Outcome:
