@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import httpx
@@ -35,7 +35,10 @@ def create_app(
     mesh_settings: MeshSettings | None = None,
     planner: Callable[[Inventory, str], list[NetworkPath]] | None = None,
     api_rate: float = API_RATE,
+    local_agents: Sequence[AgentView] = (),
 ) -> FastAPI:
+    """The service of `agent`; `local_agents` are more agents in the same process (the demo's mesh):
+    their rows and changes join this agent's in the matrix and /api/v1/mesh, as peers' would."""
     app = FastAPI(
         title="exchange-firewall-exporter",
         version=__version__,
@@ -75,8 +78,11 @@ def create_app(
         return mesh.Peer(agent.source, base, site, member.primary_role if member else "observer")
 
     def own_rows() -> list[dict[str, Any]]:
-        where = agent.locations
-        return [path_view(path, result, where.get(path.key)) for path, result in agent.table.items()]
+        rows = []
+        for one in (agent, *local_agents):
+            where = one.locations
+            rows += [path_view(path, result, where.get(path.key)) for path, result in one.table.items()]
+        return rows
 
     def plan_for(identity: str) -> list[NetworkPath]:
         return planner(agent.inventory, identity) if planner else []
@@ -165,12 +171,21 @@ def create_app(
         rows.append(verdict_view("*", overall))
         return JSONResponse(rows)
 
-    async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, object]], str]:
-        state = agent.state
-        located = located_by_key()
-        changes = (
-            [] if state is None else [change_view(c, located.get(c.key)) for c in state.changes(0.0, 50)]
-        )
+    def local_changes(limit: int) -> list[dict[str, Any]]:
+        """The change log of this agent and of the in-process ones, newest first."""
+        out: list[dict[str, Any]] = []
+        for one in (agent, *local_agents):
+            state = one.state
+            if state is None:
+                continue
+            locations = one.locations
+            located = {path_key(p): locations[p.key] for p in one.table.paths if p.key in locations}
+            out += [dict(change_view(c, located.get(c.key))) for c in state.changes(0.0, limit)]
+        out.sort(key=lambda change: str(change.get("time", "")), reverse=True)
+        return out[:limit]
+
+    async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, Any]], str]:
+        changes = await run_in_threadpool(local_changes, 50)
         if scope == "mesh" and settings.enabled:
             rows, errors = await the_mesh.rows()
             agents = len({row["source"] for row in rows})
