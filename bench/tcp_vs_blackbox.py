@@ -351,32 +351,42 @@ def inner(args: argparse.Namespace) -> int:
             endpoints[mix] = planned_endpoints(data)
         budget = args.interval + args.window + 8 * (args.bb_window + 15) + 120
         with start_listeners(endpoints["open"], work, budget):
-            ports = {mix: OUR_PORT + i for i, mix in enumerate(MIXES)}
+            # each mix twice in the same window: as shipped (the locator on) and with --locate.max-hops 0
+            # (the locator off), to show what locating blocked paths adds to the probing cost
+            variants: dict[str, tuple[str, tuple[str, ...]]] = {mix: (mix, ()) for mix in MIXES}
+            if not args.no_locator_compare:
+                variants |= {f"{mix}/no-locator": (mix, ("--locate.max-hops", "0")) for mix in MIXES}
+            ports = {name: OUR_PORT + i for i, name in enumerate(variants)}
             procs = {
-                mix: Process(
-                    f"serve-{mix}",
+                name: Process(
+                    f"serve-{name.replace('/', '-')}",
                     serve_cmd(
                         inventories[mix],
-                        ports[mix],
+                        ports[name],
                         interval=args.interval,
                         timeout=args.timeout,
                         attempts=args.attempts,
+                        extra=extra,
                     ),
                     work,
                 )
-                for mix in MIXES
+                for name, (mix, extra) in variants.items()
             }
             try:
                 print(
-                    f"ours: 3 serve processes x {args.paths} paths, warming up {args.interval + 2:g}s, "
-                    f"measuring {args.window:g}s ...",
+                    f"ours: {len(procs)} serve processes x {args.paths} paths, warming up "
+                    f"{args.interval + 2:g}s, measuring {args.window:g}s ...",
                     file=sys.stderr,
                     flush=True,
                 )
-                ours = measure_ours(procs, ports, args.interval + 2, args.window, args.attempts)
+                measured = measure_ours(procs, ports, args.interval + 2, args.window, args.attempts)
             finally:
                 for proc in procs.values():
                     proc.stop()
+            ours = {mix: measured[mix] for mix in MIXES}
+            unlocated = {
+                mix: measured[f"{mix}/no-locator"] for mix in MIXES if f"{mix}/no-locator" in measured
+            }
             config = blackbox_config(work, args.timeout)
             bb: dict[str, Side] = {}
             for mix in MIXES:
@@ -389,6 +399,18 @@ def inner(args: argparse.Namespace) -> int:
                 bb[mix] = min(runs, key=lambda side: side.cpu_ms_per_probe)  # its cheapest case
                 bb_runs[mix] = runs
     text = report(ours, bb, bb_runs, args)
+    if unlocated:
+        text += (
+            "\n\nthe locator's cost (same window; every path of the refused and filtered mixes is blocked):\n"
+        )
+        text += "| mix | CPU ms/probe, locator on (shipped) | locator off | on/off |\n"
+        text += "| --- | ---: | ---: | ---: |\n"
+        for mix, off in unlocated.items():
+            on = ours[mix]
+            text += (
+                f"| {mix} | {on.cpu_ms_per_probe:.4f} | {off.cpu_ms_per_probe:.4f} "
+                f"| {on.cpu_ms_per_probe / off.cpu_ms_per_probe:.2f}x |\n"
+            )
     print(f"at start: {started_env}\nat end:   {environment()}\n")
     print(text)
     if args.json:
@@ -396,6 +418,9 @@ def inner(args: argparse.Namespace) -> int:
             "settings": vars(args),
             "ours": {mix: asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for mix, s in ours.items()},
             "blackbox": {mix: asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for mix, s in bb.items()},
+            "ours_without_locator": {
+                mix: asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for mix, s in unlocated.items()
+            },
             "blackbox_runs": {
                 mix: [asdict(s) | {"cpu_ms_per_probe": s.cpu_ms_per_probe} for s in runs]
                 for mix, runs in bb_runs.items()
@@ -452,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bb-history-limit", type=int, default=100, help="blackbox --history.limit")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--no-locator-compare",
+        action="store_true",
+        help="skip the second set of serve processes with the locator off",
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from exporter import demo
@@ -202,18 +202,62 @@ class Agent:
 
 
 def build_agent(settings: Settings) -> Agent:
-    """Wire one agent from its settings (nothing runs until `start()`)."""
-    assert settings.state is not None, "serve and demo have state settings"
+    """Wire one agent from its settings (nothing runs until `start()`). In the demo this agent also owns
+    the demo's listeners: for its own plan and for those of the agents `build_demo_agents` adds."""
     watcher, inventory, source, paths = inventory_and_plan(settings)
     components: list[Component] = []
     if settings.inventory.demo:
-        listeners = demo.DemoListeners(paths, break_after=settings.demo_break_after)
+        # every endpoint of every demo agent's plan listens (but the one closed on purpose)
+        everyone = list(paths)
+        for fqdn, address in demo.mesh_members():
+            member = _member_settings(settings, fqdn, address)
+            everyone += planner_for(member.plan, fqdn)(inventory)
+        listeners = demo.DemoListeners(everyone, break_after=settings.demo_break_after)
         components.append(listeners)
         log.info(
             "demo organisation: %d listeners on 127.0.10.0/24, %s:%d left closed on purpose",
             len(listeners.endpoints),
             *demo.CLOSED,
         )
+    return _wire(settings, watcher, inventory, source, paths, components)
+
+
+def _member_settings(settings: Settings, fqdn: str, address: str) -> Settings:
+    """The settings of the demo agent that stands for the Exchange server `fqdn`: probing as that server,
+    from its own address, the rest as the observer's, with a baseline of its own in memory."""
+    assert settings.state is not None
+    return replace(
+        settings,
+        plan=replace(settings.plan, source=fqdn, vantage=None, shard=None, source_site=None),
+        probe=replace(settings.probe, source_address=address),
+        state=replace(settings.state, state_file=None),
+    )
+
+
+def build_demo_agents(settings: Settings) -> list[Agent]:
+    """The demo's mesh: one more agent per demo Exchange server in this process (started and stopped with
+    the observer's), each probing every path that server needs from that server's loopback address. The
+    outputs show their rows and changes beside the observer's (`local_agents`); none when not the demo."""
+    if not settings.inventory.demo:
+        return []
+    agents = []
+    for fqdn, address in demo.mesh_members():
+        member = _member_settings(settings, fqdn, address)
+        watcher, inventory, source, paths = inventory_and_plan(member)
+        agents.append(_wire(member, watcher, inventory, source, paths, []))
+    return agents
+
+
+def _wire(
+    settings: Settings,
+    watcher: InventoryWatcher,
+    inventory: Inventory,
+    source: str,
+    paths: list[NetworkPath],
+    components: list[Component],
+) -> Agent:
+    """The pipeline of one agent: baseline, tracker, locator, recorder, prober, upkeep, the watcher."""
+    assert settings.state is not None, "serve and demo have state settings"
     store = Baseline(settings.state.state_file)
     components.append(_Closing(store))
     tracker = Tracker(
@@ -229,6 +273,7 @@ def build_agent(settings: Settings) -> Agent:
         max_hops=max(1, settings.locate_max_hops),
         timeout=min(settings.probe.timeout, 2.0),
         reverse_dns=settings.locate_reverse_dns,
+        local=settings.probe.source_address,
     )
     recorder = Recorder(tracker, [exposition], locator)
     prober = Prober(
@@ -257,8 +302,9 @@ def build_agent(settings: Settings) -> Agent:
     watcher.on_inventory = apply
     components.append(watcher)
     log.info(
-        "source %s: %d paths to %d members, every %gs, up to %d in flight",
+        "source %s%s: %d paths to %d members, every %gs, up to %d in flight",
         source,
+        f" (from {settings.probe.source_address})" if settings.probe.source_address else "",
         len(paths),
         sum(1 for _ in inventory.members()),
         settings.probe.interval,

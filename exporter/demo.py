@@ -1,20 +1,29 @@
-"""The built-in demo organisation: real listeners on 127.0.0.0/8 standing in for two AD sites.
+"""The built-in demo organisation: real listeners on 127.0.0.0/8 standing in for two AD sites, and its mesh.
 
 Four Exchange servers (2016, 2019, 2019, SE) and two domain controllers, each on its own loopback address,
-listening on every TCP port the plan probes, except one required port left closed on purpose (SE's
-Transport port 2525), so a newcomer sees one failing path within seconds of `make run`. A minute in, the
-demo closes one more listener that was open (EX19B's SMB, 445), so the newcomer also sees what a real
-firewall change looks like: a path that used to work, newly blocked.
+listening on every TCP port any demo agent's plan probes, except one required port left closed on purpose
+(SE's Transport port 2525: its host refuses it, nothing listens, no firewall). Five agents probe them in one
+process: the observer (monitor.demo.example) and one per Exchange server, each probing from that server's
+own loopback address (--probe.source-address), so the matrix shows what "pairwise" means: one row per
+agent. A minute in, a firewall change: EX19B's Transport listener (2525) starts dropping every packet from
+EX16A's address (a classic BPF socket filter, Linux, no privileges), so EX16A -> EX19B:2525 turns filtered
+and *newly blocked*, while EX19A -> EX19B:2525 and EX19B -> EX16A stay open: one asymmetric block, the kind
+only a mesh sees (the observer's own row stays open too). Elsewhere the demo says its block is not available.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import ipaddress
 import logging
+import socket
+import sys
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from exporter.inventory.model import DomainController, Inventory, Role, Server, Version
 from exporter.plan.planner import NetworkPath
@@ -24,8 +33,10 @@ log = logging.getLogger(__name__)
 DEMO_SOURCE = "monitor.demo.example"
 #: the one required port the demo leaves closed, as (address, port)
 CLOSED = ("127.0.10.14", 2525)
-#: the listener the demo closes after BREAK_AFTER seconds, to show a newly blocked path
-BREAKS = ("127.0.10.13", 445)
+#: the listener (EX19B's Transport port, a required Exchange-to-Exchange path) that starts dropping every
+#: packet from BLOCKED_SOURCE (EX16A's address) after BREAK_AFTER seconds: a newly blocked, one-way path
+BLOCKED = ("127.0.10.13", 2525)
+BLOCKED_SOURCE = "127.0.10.11"
 BREAK_AFTER = 60.0
 
 
@@ -72,8 +83,49 @@ def demo_inventory() -> Inventory:
     )
 
 
+def mesh_members() -> list[tuple[str, str]]:
+    """(FQDN, address) of each demo Exchange server: each runs an agent of its own in the demo."""
+    return [(server.fqdn, server.address or "") for server in demo_inventory().servers]
+
+
+#: SO_ATTACH_FILTER (Linux; not exported by Python), None where the demo cannot drop packets
+SO_ATTACH_FILTER: int | None = 26 if sys.platform.startswith("linux") else None
+#: a classic BPF load relative to the network header (a TCP socket's filter starts at the TCP header)
+SKF_NET_OFF = -0x100000
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def drop_packets_from(sock: Any, source: str) -> None:
+    """Attach a classic BPF filter to `sock` (a listening IPv4 TCP socket) that drops every packet from
+    `source`: its SYNs go unanswered, as behind a firewall's drop rule; everyone else connects. Linux only,
+    no privileges; raises OSError elsewhere."""
+    if SO_ATTACH_FILTER is None:
+        raise OSError(errno.ENOPROTOOPT, "SO_ATTACH_FILTER is Linux's")
+    program = (_SockFilter * 4)(
+        _SockFilter(0x20, 0, 0, (SKF_NET_OFF + 12) & 0xFFFFFFFF),  # ld [net + 12]: the IPv4 source
+        _SockFilter(0x15, 0, 1, int(ipaddress.IPv4Address(source))),  # jeq source ? next : skip one
+        _SockFilter(0x06, 0, 0, 0),  # ret 0: drop
+        _SockFilter(0x06, 0, 0, 0xFFFFFFFF),  # ret all: keep the whole packet
+    )
+    fprog = _SockFprog(len(program), ctypes.cast(program, ctypes.POINTER(_SockFilter)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
+
 class DemoListeners:
-    """TCP listeners for the demo's planned paths, on a thread of their own."""
+    """TCP listeners for the demo's planned paths, on a thread of their own; after `break_after` seconds
+    the BLOCKED listener drops BLOCKED_SOURCE's packets."""
 
     def __init__(self, paths: Iterable[NetworkPath], break_after: float | None = None) -> None:
         self.endpoints = sorted(
@@ -118,13 +170,31 @@ class DemoListeners:
                 hint = "ports below 1024 need root" if exc.errno == errno.EACCES else (exc.strerror or "")
                 self.failed.append((host, port, hint))
 
-        if self.break_after is not None and BREAKS in self._by_endpoint:
-            asyncio.get_running_loop().call_later(self.break_after, self._break)
+        if self.break_after is not None and BLOCKED in self._by_endpoint:
+            if SO_ATTACH_FILTER is None:
+                log.warning(
+                    "demo: the firewall change (%s dropped at %s:%d) is not available on this platform "
+                    "(it needs Linux's SO_ATTACH_FILTER): no path will turn newly blocked",
+                    BLOCKED_SOURCE,
+                    *BLOCKED,
+                )
+            else:
+                asyncio.get_running_loop().call_later(self.break_after, self._break)
 
     def _break(self) -> None:
-        server = self._by_endpoint.pop(BREAKS)
-        server.close()
-        log.warning("demo: closed %s:%d on purpose, as a firewall change would", *BREAKS)
+        try:
+            for sock in self._by_endpoint[BLOCKED].sockets:
+                drop_packets_from(sock, BLOCKED_SOURCE)
+        except OSError as exc:
+            log.warning("demo: cannot drop %s's packets at %s:%d (%s)", BLOCKED_SOURCE, *BLOCKED, exc)
+            return
+        log.warning(
+            "demo: %s:%d now drops every packet from %s (EX16A), as a firewall change would: "
+            "EX16A -> EX19B:%d turns filtered, every other source still connects",
+            *BLOCKED,
+            BLOCKED_SOURCE,
+            BLOCKED[1],
+        )
 
     def stop(self) -> None:
         if self._loop is not None:

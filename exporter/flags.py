@@ -177,6 +177,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "system trust store). Verification failures are reported, never fatal",
     )
     parser.add_argument(
+        "--probe.source-address",
+        dest="source_address",
+        default="",
+        metavar="ADDR",
+        help="bind every probe socket to this local address first (a multi-homed server: probe from its "
+        "MAPI or its replication network); an address this host lacks, or of the other family than a "
+        "target's, reads local_error (default: the OS chooses)",
+    )
+    parser.add_argument(
         "--shard",
         default=None,
         metavar="I/N",
@@ -295,6 +304,49 @@ def _mesh_flags(parser: argparse.ArgumentParser) -> None:
         dest="mesh_advertise",
         metavar="HOST[:PORT]",
         help="how peers and Prometheus reach this agent (default: its inventory address)",
+    )
+    prom = parser.add_argument_group(
+        "the mesh and its history from Prometheus (preferred over pulling the peers when set)"
+    )
+    prom.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        metavar="URL",
+        help="Prometheus (or Thanos, Mimir, Cortex, VictoriaMetrics) that scrapes every agent: /matrix and "
+        "/api/v1/mesh read every agent's paths from it, and ?at=TIME shows any past moment",
+    )
+    prom.add_argument(
+        "--prometheus.selector",
+        dest="prometheus_selector",
+        default="",
+        metavar="MATCHERS",
+        help='label matchers for the agents\' series, e.g. job="exchange-firewall-exporter" (default: none)',
+    )
+    prom.add_argument("--prometheus.bearer-token-file", dest="prometheus_bearer_token_file", metavar="FILE")
+    prom.add_argument("--prometheus.username", dest="prometheus_username", help="basic-auth user")
+    prom.add_argument("--prometheus.password-file", dest="prometheus_password_file", metavar="FILE")
+    prom.add_argument(
+        "--prometheus.ca-file",
+        dest="prometheus_ca_file",
+        metavar="FILE",
+        help="CA to verify Prometheus's TLS with (default: the system trust store)",
+    )
+    prom.add_argument(
+        "--prometheus.timeout", dest="prometheus_timeout", type=float, default=10.0, metavar="SECONDS"
+    )
+    prom.add_argument(
+        "--prometheus.lookback",
+        dest="prometheus_lookback",
+        default="10m",
+        metavar="DURATION",
+        help="how long an agent that stopped answering keeps its last known row (default 10m)",
+    )
+    prom.add_argument(
+        "--prometheus.changes-window",
+        dest="prometheus_changes_window",
+        default="24h",
+        metavar="DURATION",
+        help="how far back the mesh-wide change log reaches (default 24h)",
     )
 
 
@@ -416,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=demo_break_default(),
         metavar="SECONDS",
-        help="close one open listener after this long, to show a newly blocked path (default 60)",
+        help="after this long, EX19B's 2525 drops EX16A's packets, to show a newly blocked, one-way path "
+        "(Linux; default 60)",
     )
     for sub_parser, default_state in ((serve, None), (demo, "")):
         _state_flags(sub_parser, default_state)

@@ -7,6 +7,8 @@ Every check of a flag's value lives here: a bad value is a ConfigError naming th
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ from exporter.errors import ConfigError
 from exporter.inventory import dns_srv
 from exporter.inventory.ldap_settings import LdapSettings, read_password
 from exporter.inventory.sources import DirectorySource, FileSource, InventorySource
+from exporter.outputs.history import PrometheusSettings, check_settings
 from exporter.outputs.mesh import MeshSettings
 from exporter.plan.planner import Vantage, parse_shard
 
@@ -175,7 +178,22 @@ def _probe(args: argparse.Namespace) -> ProbeSettings:
             getattr(args, "confirm_delay", 0.0),
             "1, or 0 to confirm at the next interval",
         ),
+        source_address=_source_address(getattr(args, "source_address", "") or ""),
     )
+
+
+def _source_address(value: str) -> str:
+    """--probe.source-address: an IPv4 or IPv6 address literal (an IPv6 one may carry its %scope), or ""."""
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value.strip().strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"--probe.source-address {value!r} is not an IP address",
+            fix="give one of this host's addresses, e.g. --probe.source-address 10.1.0.11 (names are not "
+            "accepted: a name can resolve to an address of another interface)",
+        ) from None
 
 
 def _inventory(args: argparse.Namespace) -> InventorySettings:
@@ -246,7 +264,39 @@ def _mesh(args: argparse.Namespace, listen_port: int, environ: Mapping[str, str]
         advertise=args.mesh_advertise or "",
         auth=auth,
         verify=args.mesh_ca_file or True,
+        prometheus=_prometheus(args),
     )
+
+
+def _prometheus(args: argparse.Namespace) -> PrometheusSettings | None:
+    if not getattr(args, "prometheus_url", None):
+        return None
+    if args.prometheus_timeout <= 0 or not math.isfinite(args.prometheus_timeout):
+        raise ConfigError("--prometheus.timeout must be a positive number of seconds", fix="e.g. 10")
+    for flag, path in (
+        ("--prometheus.bearer-token-file", args.prometheus_bearer_token_file),
+        ("--prometheus.password-file", args.prometheus_password_file),
+        ("--prometheus.ca-file", args.prometheus_ca_file),
+    ):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag} {path}: not a readable file", fix="check the path and its rights")
+    settings = PrometheusSettings(
+        url=args.prometheus_url,
+        selector=args.prometheus_selector.strip(),
+        bearer_token_file=args.prometheus_bearer_token_file,
+        username=args.prometheus_username,
+        password_file=args.prometheus_password_file,
+        verify=args.prometheus_ca_file or True,
+        timeout=args.prometheus_timeout,
+        lookback=args.prometheus_lookback,
+        changes_window=args.prometheus_changes_window,
+    )
+    problem = check_settings(settings)
+    if problem:
+        raise ConfigError(
+            problem, fix='e.g. --prometheus.url http://prometheus:9090 --prometheus.selector job="exchange"'
+        )
+    return settings
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:

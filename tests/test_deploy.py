@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dashboards import build
 from exporter.flags import DEFAULT_PORT, build_parser
 from exporter.inventory.static import load_inventory
 from tests.conftest import free_port
@@ -409,7 +410,7 @@ def test_compose_services_are_wired_to_each_other() -> None:
     )
     provider_path = yaml.safe_load(provider_file.read_text())["providers"][0]["options"]["path"]
     assert mounts.get(provider_path) == REPO / "dashboards", f"nothing mounted at {provider_path}"
-    assert len(list((REPO / "dashboards").glob("*.json"))) == 4
+    assert len(list((REPO / "dashboards").glob("*.json"))) == len(build.DASHBOARDS) == 5
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (REPO / "dashboards" / PurePosixPath(home).relative_to(provider_path)).is_file()
     datasource = yaml.safe_load(datasource_file.read_text())["datasources"][0]
@@ -913,6 +914,29 @@ def test_the_guides_windows_service_commands_use_real_flags() -> None:
             assert cli_args(argv).command == "check"
         kinds.add(argv[0] if argv[0] != "service" else f"service {argv[1]}")
     assert {"check", "service install", "service start"} <= kinds
+
+
+def test_the_cap_net_raw_drop_in_verifies_and_grants_only_that(tmp_path: Path) -> None:
+    analyze = tool("systemd-analyze")
+    drop_in = (DEPLOY / "systemd" / "locate-resets.conf").read_text()
+    settings = dict(
+        line.split("=", 1) for line in drop_in.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings == {
+        "AmbientCapabilities": "CAP_NET_RAW",
+        "CapabilityBoundingSet": "CAP_NET_RAW",
+        "PrivateUsers": "no",
+    }
+    shipped = "/opt/exchange-firewall-exporter/bin/exchange-firewall-exporter"
+    stand_in = tmp_path / "exchange-firewall-exporter"
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace(shipped, str(stand_in)))
+    (tmp_path / f"{UNIT.name}.d").mkdir()
+    (tmp_path / f"{UNIT.name}.d" / "locate-resets.conf").write_text(drop_in)
+    verify = run(analyze, "verify", str(unit), cwd=tmp_path)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
 
 
 def test_the_guides_systemd_credentials_drop_in_verifies(tmp_path: Path) -> None:

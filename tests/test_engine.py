@@ -112,3 +112,69 @@ def test_failed_name_lookup_is_dns_error_not_a_block(tmp_path: Path) -> None:
     assert ex1 and {row["state"] for row in ex1} == {"dns_error"}
     assert all(row["evidence"].startswith("EAI_") for row in ex1)
     assert result.returncode == 1
+
+
+class Confirming(Collect):
+    """Like the recorder: True (confirm soon) on a path's first failures after it was open, up to k."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.k = k
+        self.was_open: set[int] = set()
+        self.failures: dict[int, int] = {}
+        self.log: list[tuple[int, State]] = []
+
+    def record(self, index: int, outcome: Outcome, wall: float) -> bool:  # type: ignore[override]
+        super().record(index, outcome, wall)
+        self.log.append((index, outcome.state))
+        if outcome.state is State.OPEN:
+            self.was_open.add(index)
+            self.failures[index] = 0
+            return False
+        self.failures[index] = self.failures.get(index, 0) + 1
+        return index in self.was_open and self.failures[index] < self.k
+
+
+def test_a_failing_path_brings_its_hosts_other_paths_forward_and_no_other_host(listeners: Listeners) -> None:
+    """A host cut off: after its first path fails, its other paths are probed out of schedule, so they all
+    turn blocked together (the one host alert then fires with the first port alert, not an interval later).
+    The paths of another host keep their schedule."""
+    cut_ports = [listeners.open("127.0.30.5") for _ in range(8)]
+    kept_ports = [listeners.open("127.0.30.6") for _ in range(8)]
+    targets = [Target("127.0.30.5", p) for p in cut_ports] + [Target("127.0.30.6", p) for p in kept_ports]
+    sink = Confirming()
+    cut = set(range(8))
+
+    async def scenario() -> int:
+        engine = Engine(targets, sink, interval=6.0, tick=0.02, timeout=0.5, confirm_delay=0.5)
+        runner = asyncio.ensure_future(engine.run())
+        while len(sink.was_open) < len(targets):  # a first cycle, every path open
+            await asyncio.sleep(0.05)
+        mark = len(sink.log)
+        for sock in listeners.sockets[:8]:
+            sock.close()  # the host's ports now refuse
+        while not cut <= {i for i, state in sink.log[mark:] if state is not State.OPEN}:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        engine.stop()
+        await runner
+        return mark
+
+    mark = asyncio.run(asyncio.wait_for(scenario(), 30))
+    after = sink.log[mark:]
+    counts: dict[int, int] = {}
+    third = None  # where in the log some path of the host failed for the third time
+    for position, (index, state) in enumerate(after):
+        if index in cut and state is not State.OPEN:
+            counts[index] = counts.get(index, 0) + 1
+            if counts[index] == 3 and third is None:
+                third = position
+    firsts = [
+        next(p for p, (i, s) in enumerate(after) if i == index and s is not State.OPEN) for index in cut
+    ]
+    # every port of the cut host failed before any of them was confirmed a third time (0.5 s apart);
+    # on its schedule alone the last would fail up to an interval (6 s) after the first
+    assert third is None or max(firsts) < third, (firsts, third)
+    # the other host's paths were probed on their schedule only: at most once each in that time
+    kept = [index for index, _state in after if index not in cut]
+    assert all(kept.count(index) <= 2 for index in set(kept)), kept

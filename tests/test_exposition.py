@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import zlib
 
@@ -89,3 +90,19 @@ def test_crc_combination_matches_zlib() -> None:
     a, b = b"exchange" * 1000, b"firewall" * 777
     assert gzipcat.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     assert gzipcat.crc32_combine(zlib.crc32(a), zlib.crc32(b""), 0) == zlib.crc32(a)
+
+
+def test_joined_expositions_render_each_family_once_with_every_agents_lines() -> None:
+    """The demo's in-process agents share one /metrics: each family's HELP/TYPE once, then the lines of
+    every agent; gzip and plain agree."""
+    first, second = PathExposition(), PathExposition()
+    for lines, source in ((first, "src"), (second, "other")):
+        table = ResultTable([dataclasses.replace(path, source=source) for path in paths(3)])
+        lines.attach(table)
+        status = PathStatus("k", Status.OPEN, Classification.OK, state_since=1.0, last_open=1.0)
+        lines.recorded(0, table.record(0, Outcome(State.OPEN, 0.001), 1e9, status))
+    first.join([second])
+    text = first.render()
+    assert text.count("# TYPE exchange_path_up gauge") == 1
+    assert 'exchange_path_up{source="src"' in text and 'exchange_path_up{source="other"' in text
+    assert gzip.decompress(first.render_gzip(b"# head\n")) == b"# head\n" + text.encode()

@@ -27,6 +27,7 @@ EXPECTED_ROUTES = {
     "/api/v1/changes",
     "/api/v1/verdict",
     "/api/v1/mesh",
+    "/api/v1/mesh/changes",
     "/api/v1/sd",
     "/matrix",
     "/matrix/fragment",
@@ -80,6 +81,14 @@ def test_no_endpoint_probes_an_address_a_caller_names(service: Service, listener
     with pytest.raises(TimeoutError):
         listeners.sockets[-1].accept()  # nobody connected to the bait
     assert probes_total(service) >= before
+
+
+def test_a_past_moment_without_prometheus_is_not_found_and_a_bad_one_is_refused(service: Service) -> None:
+    missing = service.get("/api/v1/mesh", params={"at": "1796443800"})
+    assert missing.status_code == 404 and "--prometheus.url" in missing.text
+    assert service.get("/matrix", params={"at": "2026-12-05T02:10:00Z"}).status_code == 404
+    assert service.get("/api/v1/mesh/changes", params={"at": "tomorrow"}).status_code == 422
+    assert service.get("/matrix", params={"at": "2026-12-05 soon"}).status_code == 422
 
 
 def test_oversized_requests_are_refused_cleanly(service: Service) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 
 from exporter.outputs import matrix
 from tests.lab.browser import browse, tags_of
+from tests.lab.cdp import CONTRAST_AUDIT, Page
 from tests.lab.metrics import promtool_check_metrics
 from tests.lab.organisations import loopback_org
 from tests.lab.service import Service, serve_args, start_service
@@ -66,16 +68,24 @@ def demo() -> Iterator[Service]:
 
 def test_matrix_renders_the_known_state_in_chromium(demo: Service, tmp_path: Path) -> None:
     dom = browse(demo.base + "/matrix", tmp_path)
+    observer_row = dom.split('<tr data-source="monitor.demo.example">', 1)[1].split("</tr>", 1)[0]
     cells = {
-        attrs["data-target"]: (attrs["class"], text) for tag, attrs, text in elements(dom) if tag == "td"
+        attrs["data-target"]: (attrs["class"], text)
+        for tag, attrs, text in elements(observer_row)
+        if tag == "td"
     }
     # SE's 2525 is closed on purpose: its host refuses a port that never worked, nothing listens there
     assert cells["exse.demo.example"][0] == "cell v-not-listening"
     assert cells["exse.demo.example"][1].startswith("○ not listening 1/15")  # icon and words, not colour
-    assert "2525/tcp smtp-transport: refused ECONNREFUSED" in cells["exse.demo.example"][1]
+    assert "2525/tcp smtp-transport: refused (not listening, since " in cells["exse.demo.example"][1]
+    assert "ECONNREFUSED" in cells["exse.demo.example"][1]
+    assert re.search(
+        r"88/tcp kerberos: open \(connect [0-9.]+ ms, since (just now|[^)]*ago)\)",
+        cells["dc1.demo.example"][1],
+    )
     for target in ("dc1.demo.example", "dc2.demo.example", "ex16a.demo.example", "ex19a.demo.example"):
         assert cells[target][0] == "cell v-open", target
-    assert "84 paths: 1 not listening, 83 open" in dom
+    assert "354 paths: 4 not listening, 350 open" in dom  # five agents: the observer and four servers
     assert "exse.demo.example 2525/tcp: pending → <b>blocked</b> (not_listening)" in dom  # the change log
 
 
@@ -89,6 +99,143 @@ def test_state_filter_hides_the_targets_without_that_state(demo: Service, tmp_pa
         attrs["data-target"] for tag, attrs, _ in elements(site) if tag == "th" and "hidden" not in attrs
     }
     assert visible == {"dc1.demo.example", "ex16a.demo.example", "ex19a.demo.example"}
+
+
+OBSERVER, SE = "monitor.demo.example", "exse.demo.example"
+CELL = f"[...document.querySelectorAll('#matrix tbody tr')].find(r => r.dataset.source === '{OBSERVER}')" + (
+    f".querySelector('td.cell[data-target=\"{SE}\"]')"
+)
+
+
+async def test_keyboard_opens_a_cell_and_focus_survives_a_refresh(demo: Service, tmp_path: Path) -> None:
+    async with Page.open(demo.base + "/matrix", tmp_path) as page:
+        # Tab from the top of the page reaches the cells' buttons (after the filters)
+        for _ in range(12):
+            await page.key("Tab")
+            if await page.evaluate("document.activeElement.matches('td.cell button.open')"):
+                break
+        assert await page.evaluate("document.activeElement.matches('td.cell button.open')")
+        await page.evaluate(f"{CELL}.querySelector('button.open').focus()")
+        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is True
+        await page.key("Enter")
+        assert (
+            await page.evaluate(f"{CELL}.querySelector('button.open').getAttribute('aria-expanded')")
+            == "true"
+        )
+        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is False
+        assert "2525/tcp smtp-transport" in await page.evaluate(f"{CELL}.querySelector('.detail').innerText")
+        # the open cell is in the URL: a link to it
+        assert await page.evaluate("location.search") == f"?source={OBSERVER}&target={SE}"
+        # a refresh replaces the table: the cell stays open and keeps the focus
+        await page.evaluate("refresh()")
+        assert await page.evaluate("document.activeElement.closest('td').dataset.target") == SE
+        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is False
+        await page.key(" ")
+        assert (
+            await page.evaluate(f"{CELL}.querySelector('button.open').getAttribute('aria-expanded')")
+            == "false"
+        )
+        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is True
+
+
+async def test_a_link_opens_its_cell(demo: Service, tmp_path: Path) -> None:
+    link = matrix.cell_link(OBSERVER, SE)
+    async with Page.open(demo.base + "/matrix" + link, tmp_path) as page:
+        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is False
+        assert await page.evaluate(f"{CELL}.classList.contains('linked')")
+        assert await page.evaluate("document.activeElement.closest('td').dataset.target") == SE
+        # the detail says since when, relative, with the exact time on hover, and links to itself
+        detail = await page.evaluate(f"{CELL}.querySelector('.detail').innerHTML")
+        assert re.search(r"since <time datetime=\"[0-9T:-]+Z\" title=\"[0-9T:-]+Z\">", detail), detail
+        assert f'href="?source={OBSERVER}&amp;target={SE}"' in detail
+
+
+async def test_every_state_colour_meets_wcag_aa_contrast(demo: Service, tmp_path: Path) -> None:
+    async with Page.open(demo.base + "/matrix", tmp_path) as page:
+        # open every cell, so their details (on their state colours) are audited too
+        await page.evaluate("document.querySelectorAll('td.cell button.open').forEach(b => b.click())")
+        audit = await page.evaluate(CONTRAST_AUDIT)
+        assert audit["checked"] > 100
+        assert audit["offenders"] == []
+        # every state's colour is on the page (the legend uses each), so every one was audited
+        legend = await page.evaluate(
+            "[...document.querySelectorAll('ul.legend li')].map(li => [li.className, "
+            "getComputedStyle(li).backgroundColor])"
+        )
+        assert {cls for cls, _bg in legend} == {f"v-{key}" for key, *_rest in matrix.VERDICTS}
+        assert len({bg for _cls, bg in legend}) >= 7  # distinct colours, not one grey
+
+
+def row_in(verdict: str, target: str, port: int) -> dict[str, object]:
+    """A /api/v1/paths row whose cell verdict is `verdict`."""
+    row: dict[str, object] = {
+        "source": "ex1.x",
+        "source_site": "A",
+        "target": target,
+        "target_site": "B",
+        "target_role": "mailbox",
+        "port": port,
+        "proto": "tcp",
+        "service": "svc",
+        "state": "open",
+        "status": "open",
+        "classification": "ok",
+        "evidence": "evidence text",
+        "rtt_seconds": 0.001,
+        "state_since": "2026-12-05T01:00:00+00:00",
+    }
+    blocked = {"status": "blocked", "state": "filtered"}
+    changes: dict[str, dict[str, object]] = {
+        "new-block": {
+            **blocked,
+            "classification": "newly_blocked",
+            "location": {"how": "silent after hop 2"},
+        },
+        "blocked": {**blocked, "classification": "recovered"},
+        "never-open": {**blocked, "classification": "never_open"},
+        "failing": {"state": "filtered"},
+        "unreachable-peer": {"state": None, "peer_error": "no answer"},
+        "error": {"state": "local_error"},
+        "pending": {"state": None, "status": None},
+        "not-listening": {"status": "blocked", "state": "refused", "classification": "not_listening"},
+        "open": {},
+    }
+    row.update(changes[verdict])
+    assert matrix.path_verdict(row) == verdict
+    return row
+
+
+async def test_every_state_colour_in_every_combination_meets_wcag_aa(tmp_path: Path) -> None:
+    """Each verdict as a cell holding a path of every verdict it can hold, every cell open: the text of
+    each state on the background of each cell it can appear in is audited."""
+    keys = [key for key, *_rest in matrix.VERDICTS]
+    rows = [row_in(outer, f"t-{outer}.x", 1) for outer in keys]
+    # a cell shows its worst path: it holds paths of its own verdict and of every better one
+    rows += [
+        row_in(inner, f"t-{outer}.x", 2 + i)
+        for o, outer in enumerate(keys)
+        for i, inner in enumerate(keys)
+        if i >= o
+    ]
+    grid = matrix.build(rows)
+    assert {cell.verdict for cell in grid.cells.values()} == set(keys)
+    changes = [
+        {"time": "2026-12-05T01:00:00+00:00", "path": "a|b|1|tcp|c", "to_status": to, "classification": c}
+        for to, c in (("blocked", "newly_blocked"), ("blocked", "never_open"), ("open", "recovered"))
+    ]
+    page = tmp_path / "matrix.html"
+    page.write_text(matrix.render_page(grid, changes, title="t", subtitle="s", refresh_seconds=0))
+    async with Page.open(page.as_uri(), tmp_path) as browser:
+        await browser.evaluate("document.querySelectorAll('td.cell button.open').forEach(b => b.click())")
+        audit = await browser.evaluate(CONTRAST_AUDIT)
+        assert audit["checked"] > len(keys) * (len(keys) + 1) // 2
+        assert audit["offenders"] == []
+
+
+def test_relative_times() -> None:
+    assert matrix.ago(3) == "just now" and matrix.ago(42) == "42 s ago"
+    assert matrix.ago(12 * 60) == "12 min ago" and matrix.ago(5 * 3600) == "5 h ago"
+    assert matrix.ago(3 * 86400) == "3 days ago" and matrix.ago(-3600) == "in the future"
 
 
 def test_matrix_screenshot_is_saved_as_an_artifact(demo: Service, tmp_path: Path) -> None:

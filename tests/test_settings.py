@@ -33,6 +33,8 @@ from tests.lab.organisations import GOOD
         (["serve", "--mesh.port", "70000"], "--mesh.port"),
         (["demo", "--demo.break-after", "0"], "--demo.break-after"),
         (["check", "--timeout", "-2"], "--timeout"),
+        (["check", "--probe.source-address", "ex01.contoso.com"], "--probe.source-address"),
+        (["serve", "--probe.source-address", "10.1.0.300"], "--probe.source-address"),
         (["check", "--ldap.url", "ldaps://dc1.example.test", "--ldap.timeout", "0"], "--ldap.timeout"),
     ],
 )
@@ -44,6 +46,15 @@ def test_a_bad_value_exits_2_naming_the_flag_and_the_fix(
     assert main([*argv, "--state.file", ""] if argv[0] != "check" else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} ") and "(fix: " in err
+
+
+def test_the_source_address_is_an_address_literal_kept_in_its_canonical_form() -> None:
+    def source_address(*argv: str) -> str:
+        return from_args(build_parser().parse_args(["check", *argv]), environ={}).probe.source_address
+
+    assert source_address() == ""  # the OS chooses
+    assert source_address("--probe.source-address", "10.1.0.11") == "10.1.0.11"
+    assert source_address("--probe.source-address", "[FD00:0::11]") == "fd00::11"
 
 
 def test_good_flags_become_one_frozen_settings_object(tmp_path: pathlib.Path) -> None:

@@ -41,7 +41,7 @@ def run_check(settings: Settings) -> int:
                 return recorder.record(offset + index, outcome, wall)
 
         engine = Engine(
-            targets_of(planned),
+            targets_of(planned, probe.source_address),
             Shifted(),
             timeout=probe.timeout,
             attempts=probe.attempts,
@@ -102,6 +102,7 @@ async def _locate_failing(settings: Settings, recorder: Recorder) -> dict[tuple[
         max_hops=settings.locate_max_hops,
         timeout=min(settings.probe.timeout, 2.0),
         open_port=recorder.open_port,
+        local=settings.probe.source_address,
     )
     failing = [
         (path, result.outcome.state)

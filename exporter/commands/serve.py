@@ -1,4 +1,5 @@
-"""`serve` and `demo`: run the agent and serve /metrics, the API and the matrix page until a signal."""
+"""`serve` and `demo`: run the agent (the demo: its mesh of agents) and serve /metrics, the API and the matrix
+page until a signal."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from exporter.compose import build_agent
+from exporter.compose import build_agent, build_demo_agents
 from exporter.settings import Settings
 
 log = logging.getLogger("exporter")
@@ -27,12 +28,15 @@ def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], Non
     assert web_settings is not None, "serve and demo have web settings"
     web = load_web_config(web_settings.config_file) if web_settings.config_file else None
     agent = build_agent(settings)
+    local_agents = build_demo_agents(settings)  # the demo's mesh, in this process; none otherwise
+    agent.exposition.join(one.exposition for one in local_agents)  # one /metrics for all of them
     app: Any = create_app(
         agent,
         agent.exposition,
         mesh_settings=settings.mesh,
         planner=agent.planner,
         api_rate=web_settings.api_rate,
+        local_agents=local_agents,
     )
     tls_kwargs: dict[str, Any] = {}
     if web is not None:
@@ -65,11 +69,15 @@ def run_serve(settings: Settings, *, on_stop: Callable[[Callable[[], None]], Non
             server.should_exit = True
 
         on_stop(stop)
-    agent.start()
+    agent.start()  # first: in the demo it owns the listeners the others probe
+    for one in local_agents:
+        one.start()
     log.info("listening on %s:%d", web_settings.host, web_settings.port)
     try:
         server.run()
     finally:
+        for one in reversed(local_agents):
+            one.stop()
         agent.stop()
     return 0
 

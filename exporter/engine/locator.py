@@ -45,8 +45,10 @@ class Locator:
         open_port: Callable[[NetworkPath], int | None] | None = None,
         on_located: Callable[[NetworkPath, locate.Location], None] | None = None,
         reverse_dns: bool = True,
+        local: str = "",
     ) -> None:
         self.every = every
+        self.local = local  # the probes' source address: the locator traces the same route
         self.limit = limit
         self.max_hops = max_hops
         self.timeout = timeout
@@ -126,7 +128,7 @@ class Locator:
             distance = None
             port = self.open_port(path) if self.open_port else None
             if port is not None:
-                distance = await locate.distance_to(resolved, port, self.timeout, self.max_hops)
+                distance = await locate.distance_to(resolved, port, self.timeout, self.max_hops, self.local)
             found = await locate.locate(
                 resolved,
                 path.port,
@@ -135,6 +137,7 @@ class Locator:
                 open_port=port,
                 timeout=self.timeout,
                 max_hops=self.max_hops,
+                local=self.local,
             )
             if found.device and self.reverse_dns:
                 found = replace(found, device_name=await self._name(found.device))

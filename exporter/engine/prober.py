@@ -34,6 +34,7 @@ class ProbeSettings:
     max_concurrency: int | None = None
     tick: float = 0.05
     confirm_delay: float = 1.0  # re-probe a path this soon after it changes (0: never)
+    source_address: str = ""  # every probe socket binds to this local address first ("" the OS chooses)
 
 
 class PlanSink(Protocol):
@@ -46,8 +47,9 @@ class PlanSink(Protocol):
         """True asks for a quick confirmation probe of the path."""
 
 
-def targets_of(paths: Sequence[NetworkPath]) -> list[Target]:
-    return [Target(p.address or p.target, p.port, p.check, p.target, p.family) for p in paths]
+def targets_of(paths: Sequence[NetworkPath], local: str = "") -> list[Target]:
+    """What the engine probes for `paths`, from the source address `local` ("" any)."""
+    return [Target(p.address or p.target, p.port, p.check, p.target, p.family, local) for p in paths]
 
 
 class _PlanRun:
@@ -96,7 +98,7 @@ class Prober:
 
     def _engine_for(self, paths: list[NetworkPath]) -> Engine:
         return Engine(
-            targets_of(paths),
+            targets_of(paths, self.settings.source_address),
             _PlanRun(self, paths),
             interval=self.settings.interval,
             timeout=self.settings.timeout,

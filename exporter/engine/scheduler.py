@@ -17,6 +17,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import math
 import random
 import socket
 import time
@@ -27,9 +28,9 @@ from typing import Protocol
 
 from exporter.engine.host import default_concurrency, has_fd_callbacks
 from exporter.engine.resolver import Resolver
-from exporter.probes import tcp
+from exporter.probes import bind, tcp
 from exporter.probes.contract import Check, Resolved, ResolveFailure, Target
-from exporter.probes.outcome import IN_PROGRESS, Outcome, State, errno_name, os_error_code
+from exporter.probes.outcome import IN_PROGRESS, Outcome, State, os_error_code
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,13 @@ class Engine:
         # extra probes asked for out of schedule (confirming a change), at most one per path
         self._extra: list[tuple[float, int]] = []
         self._extra_pending: set[int] = set()
+        # the paths of each target host (by name, else address), for the burst that follows a failure
+        by_host: dict[str, list[int]] = {}
+        for index, target in enumerate(self.targets):
+            by_host.setdefault((target.name or target.host).lower(), []).append(index)
+        self._host_of = [(target.name or target.host).lower() for target in self.targets]
+        self._paths_of_host = by_host
+        self._host_burst: dict[str, float] = {}  # host -> when its paths were last probed out of schedule
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd_callbacks = True  # decided per loop in run()
         self._handle: asyncio.TimerHandle | None = None
@@ -246,11 +254,9 @@ class Engine:
     def _start_tcp(self, attempt: _Attempt, resolved: Resolved, target: Target) -> None:
         assert self._loop is not None
         try:
-            sock = tcp.open_socket(resolved.family)
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: ours, not the network's
-            self._finish(
-                attempt, Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt.attempt)
-            )
+            sock = tcp.open_socket(resolved.family, target.local)
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, a source address we lack: ours, not the network's
+            self._finish(attempt, Outcome(State.LOCAL_ERROR, None, bind.evidence(exc), attempt.attempt))
             return
         started = time.monotonic()
         sockaddr: tcp.SockAddr
@@ -415,3 +421,19 @@ class Engine:
             self.stats.completed_paths += 1
         if self.sink.record(attempt.index, outcome, time.time()) and self.confirm_delay > 0:
             self.expedite(attempt.index, self.confirm_delay)
+            if outcome.state.is_block:
+                self._burst(attempt.index)
+
+    def _burst(self, index: int) -> None:
+        """A path of a host just stopped answering: probe the host's other paths now too (at most once an
+        interval per host). A host that is cut off then has all its paths blocked within seconds of each
+        other, instead of port by port over a whole interval, so the one host alert (which inhibits the
+        per-port pages) fires with the first of them, not an interval after them."""
+        host = self._host_of[index]
+        now = time.monotonic()
+        if now - self._host_burst.get(host, -math.inf) < self.interval:
+            return
+        self._host_burst[host] = now
+        for sibling in self._paths_of_host.get(host, ()):
+            if sibling != index:
+                self.expedite(sibling, self.confirm_delay)

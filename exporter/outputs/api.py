@@ -66,6 +66,8 @@ class PathView(BaseModel):
     last_open: str | None
     consecutive_non_open: int | None
     location: LocationView | None  # where it is blocked, once located (blocked paths only)
+    agent: str | None = None  # the mesh from Prometheus: the agent's instance label
+    agent_up: bool | None = None  # False: Prometheus cannot scrape that agent now (its last known state)
 
 
 class ChangeView(BaseModel):

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
 from exporter.inventory.model import Inventory
-from exporter.outputs import matrix, mesh, metrics
+from exporter.outputs import history, matrix, mesh, metrics
 from exporter.outputs.api import ChangeView, PathView, VerdictView, change_view, path_view, verdict_view
 from exporter.outputs.exposition import PathExposition
 from exporter.outputs.limits import API_RATE, RequestLimits
@@ -26,6 +28,20 @@ from exporter.probes.outcome import State
 from exporter.state.status import path_key
 
 MAX_PATHS_PAGE = 100_000
+
+Scope = Annotated[str, Query(pattern="^(mesh|local)$")]
+HISTORY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "?at= on an agent without --prometheus.url: it has no history"},
+    502: {"description": "Prometheus did not answer (the message says why)"},
+}
+#: `?at=`: a Unix time (seconds) or an RFC 3339 time, as Prometheus's own `time` parameter
+At = Annotated[
+    float | dt.datetime | None,
+    Query(
+        description="a past moment, from Prometheus: a Unix time or RFC 3339 (404 without --prometheus.url)"
+    ),
+]
+
 MAX_CHANGES_PAGE = 10_000
 
 
@@ -184,7 +200,54 @@ def create_app(
         out.sort(key=lambda change: str(change.get("time", "")), reverse=True)
         return out[:limit]
 
-    async def matrix_parts(scope: str) -> tuple[matrix.Matrix, list[dict[str, Any]], str]:
+    from_prometheus = history.PrometheusMesh(settings.prometheus) if settings.prometheus else None
+
+    def moment(at: float | dt.datetime | None) -> float | None:
+        """`?at=` as a Unix time; 404 when there is no history to read it from."""
+        if at is None:
+            return None
+        if from_prometheus is None:
+            # no history on this agent: the past it asks for is not here (a 404, as for a missing page)
+            raise HTTPException(404, "?at= needs the mesh from Prometheus: start with --prometheus.url")
+        if isinstance(at, dt.datetime):
+            return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
+        if not math.isfinite(at):
+            raise HTTPException(422, "at must be a finite Unix time or an RFC 3339 time")
+        return at
+
+    @dataclass
+    class Parts:
+        grid: matrix.Matrix
+        changes: list[dict[str, Any]]
+        subtitle: str
+        notice: str = ""
+        agents_down: tuple[str, ...] = ()
+
+    async def matrix_parts(scope: str, at: float | None) -> Parts:
+        if scope == "mesh" and from_prometheus is not None:
+            try:
+                view = await from_prometheus.view(at)
+            except history.QueryError as exc:
+                if at is not None:
+                    raise HTTPException(502, str(exc)) from None
+                rows = await run_in_threadpool(own_rows)
+                grid = await run_in_threadpool(matrix.build, rows)
+                return Parts(
+                    grid,
+                    await run_in_threadpool(local_changes, 50),
+                    f"{len(rows)} paths probed from {agent.source} every {agent.interval:g}s",
+                    notice=f"The mesh is not available: {exc}. Showing this agent's own paths.",
+                )
+            agents = len({row["source"] for row in view.rows})
+            grid = await run_in_threadpool(matrix.build, view.rows)
+            down = tuple(sorted(view.agents_down))
+            return Parts(
+                grid,
+                view.changes[:50],
+                f"{len(view.rows)} paths of {agents} agents from Prometheus "
+                f"({len(down)} not scraped now), asked by {agent.source}",
+                agents_down=down,
+            )
         changes = await run_in_threadpool(local_changes, 50)
         if scope == "mesh" and settings.enabled:
             rows, errors = await the_mesh.rows()
@@ -192,27 +255,41 @@ def create_app(
             where = f"{len(rows)} paths probed by {agents} agents ({len(errors)} not answering), seen from"
         else:
             rows = await run_in_threadpool(own_rows)
-            where = f"{len(rows)} paths probed from"
+            agents = len({row["source"] for row in rows})
+            where = (
+                f"{len(rows)} paths probed by {agents} agents in"
+                if local_agents
+                else f"{len(rows)} paths probed from"
+            )
         grid = await run_in_threadpool(matrix.build, rows)
-        return grid, changes, f"{where} {agent.source} every {agent.interval:g}s"
+        return Parts(grid, changes, f"{where} {agent.source} every {agent.interval:g}s")
 
     @app.get("/matrix", response_class=HTMLResponse, include_in_schema=False)
-    async def matrix_page(scope: Annotated[str, Query(pattern="^(mesh|local)$")] = "mesh") -> HTMLResponse:
-        grid, changes, subtitle = await matrix_parts(scope)
+    async def matrix_page(scope: Scope = "mesh", at: At = None) -> HTMLResponse:
+        when = moment(at)
+        parts = await matrix_parts(scope, when)
         return HTMLResponse(
-            matrix.render_page(grid, changes, title=agent.inventory.organisation, subtitle=subtitle)
+            matrix.render_page(
+                parts.grid,
+                parts.changes,
+                title=agent.inventory.organisation,
+                subtitle=parts.subtitle,
+                at=when,
+                history=from_prometheus is not None and scope == "mesh",
+                notice=parts.notice,
+                agents_down=parts.agents_down,
+            )
         )
 
     @app.get("/matrix/fragment", include_in_schema=False)
-    async def matrix_fragment(
-        scope: Annotated[str, Query(pattern="^(mesh|local)$")] = "mesh",
-    ) -> JSONResponse:
-        grid, changes, _subtitle = await matrix_parts(scope)
+    async def matrix_fragment(scope: Scope = "mesh", at: At = None) -> JSONResponse:
+        when = moment(at)
+        parts = await matrix_parts(scope, when)
         return JSONResponse(
             {
-                "table": matrix.render_table(grid),
-                "summary": matrix.summary(grid),
-                "changes": matrix.render_changes(changes),
+                "table": matrix.render_table(parts.grid, at=when, agents_down=parts.agents_down),
+                "summary": matrix.summary(parts.grid),
+                "changes": matrix.render_changes(parts.changes),
                 "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
         )
@@ -220,13 +297,38 @@ def create_app(
     @app.get(
         "/api/v1/mesh",
         response_model=list[PathView],
-        summary="Every agent's paths: this agent's and its peers' (a peer that did not answer is marked)",
+        responses=HISTORY_RESPONSES,
+        summary="Every agent's paths: from Prometheus (?at= a past moment) when --prometheus.url is set, "
+        "else this agent's and its peers' (a peer that did not answer is marked)",
     )
-    async def mesh_paths() -> JSONResponse:
+    async def mesh_paths(at: At = None) -> JSONResponse:
+        when = moment(at)
+        if from_prometheus is not None:
+            try:
+                view = await from_prometheus.view(when)
+            except history.QueryError as exc:
+                raise HTTPException(502, str(exc)) from None
+            return JSONResponse(view.rows)
         if not settings.enabled:
             return JSONResponse(await run_in_threadpool(own_rows))
         rows, _errors = await the_mesh.rows()
         return JSONResponse(rows)
+
+    @app.get(
+        "/api/v1/mesh/changes",
+        response_model=list[ChangeView],
+        responses=HISTORY_RESPONSES,
+        summary="The mesh-wide change log from Prometheus: each path's latest change to or from blocked",
+    )
+    async def mesh_changes(at: At = None) -> JSONResponse:
+        when = moment(at)
+        if from_prometheus is None:
+            return JSONResponse(await run_in_threadpool(local_changes, MAX_CHANGES_PAGE))
+        try:
+            view = await from_prometheus.view(when)
+        except history.QueryError as exc:
+            raise HTTPException(502, str(exc)) from None
+        return JSONResponse(view.changes)
 
     @app.get("/api/v1/sd", summary="Prometheus HTTP service discovery for every agent of the mesh")
     async def service_discovery() -> JSONResponse:

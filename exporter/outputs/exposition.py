@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from exporter.outputs.gzipcat import Piece, assemble
@@ -234,6 +235,12 @@ class PathExposition:
 
     def __init__(self) -> None:
         self._plan = _PlanLines([])
+        self._joined: tuple[PathExposition, ...] = ()
+
+    def join(self, others: Iterable[PathExposition]) -> None:
+        """Serve `others`' paths too, after this one's in each family: agents in this process (the demo's
+        mesh) scraped through one /metrics. Their series differ by their `source` label."""
+        self._joined = tuple(others)
 
     # ---- ResultListener (the prober's thread) ------------------------------------------------------
     def attach(self, table: ResultTable) -> None:
@@ -257,6 +264,17 @@ class PathExposition:
     def render_gzip(self, head: bytes) -> bytes:
         """`head` + render() as one gzip member, recompressing only the blocks whose lines changed since
         the last scrape (the state-dependent families rarely change; timestamps always do)."""
+        parts = [one._family_pieces() for one in (self, *self._joined)]
+        pieces = [Piece(head)]
+        for number, (name, kind, help_text) in enumerate(FAMILIES):
+            family = [piece for part in parts for piece in part[number]]
+            if any(piece.size for piece in family):
+                pieces.append(Piece(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()))
+                pieces.extend(family)
+        return assemble(pieces)
+
+    def _family_pieces(self) -> list[list[Piece]]:
+        """Each family's compressed blocks of this plan, the changed ones recompressed."""
         plan = self._plan
         changed: list[tuple[int, int, int, list[str]]] = []  # (family, block, version, its lines)
         with plan.lock:  # copies references only: the prober waits a millisecond or two at most
@@ -270,20 +288,19 @@ class PathExposition:
         built = _compressors().map(_piece, changed) if len(changed) > 1 else map(_piece, changed)
         for key, value in built:
             plan.pieces[key] = value
-        pieces = [Piece(head)]
         blocks = len(plan.versions[0]) if plan.versions else 0
-        for number, (name, kind, help_text) in enumerate(FAMILIES):
-            family = [plan.pieces[(number, block)][1] for block in range(blocks)]
-            if any(piece.size for piece in family):
-                pieces.append(Piece(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()))
-                pieces.extend(family)
-        return assemble(pieces)
+        return [
+            [plan.pieces[(number, block)][1] for block in range(blocks)] for number in range(len(FAMILIES))
+        ]
 
     def render(self) -> str:
         """The per-path families in the text exposition format (paths never probed are left out)."""
-        plan = self._plan
-        with plan.lock:
-            snapshot = [list(lines) for lines in plan.lines]
+        snapshot: list[list[str]] = [[] for _ in FAMILIES]
+        for one in (self, *self._joined):
+            plan = one._plan
+            with plan.lock:
+                for number, lines in enumerate(plan.lines):
+                    snapshot[number] += lines
         parts: list[str] = []
         for (name, kind, help_text), lines in zip(FAMILIES, snapshot, strict=True):
             body = "".join(lines)

@@ -18,6 +18,7 @@ import httpx
 
 from exporter.inventory.model import Inventory
 from exporter.outputs.api import path_view
+from exporter.outputs.history import PrometheusSettings
 from exporter.plan.planner import NetworkPath
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -37,6 +38,7 @@ class MeshSettings:
     auth: tuple[str, str] | None = None
     verify: str | bool = True
     timeout: float = 5.0
+    prometheus: PrometheusSettings | None = None  # the mesh from Prometheus instead of the peers
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,7 +193,7 @@ def ldap_ping_check(domain: str | None = None) -> Check:
                 return reply
             return _answer(conv, reply.data, message_id, name)
 
-        return await converse("CLDAP", deadline(timeout, attempts), body)
+        return await converse("CLDAP", deadline(timeout, attempts), body, target.local)
 
     return check
 

@@ -41,6 +41,7 @@ class Target:
     check: str = "tcp"
     name: str = ""  # the target's FQDN (for SNI, Host headers, realms, expected names in replies)
     family: str = ""  # "ipv4" | "ipv6": resolve `host` within this family only ("" any)
+    local: str = ""  # the local address to probe from (--probe.source-address; "" the OS chooses)
 
 
 #: a protocol check: (resolved address, target, per-attempt timeout, attempts) -> Outcome

@@ -21,7 +21,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-from exporter.probes import tcp
+from exporter.probes import bind, tcp
 from exporter.probes.contract import Resolved
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
@@ -72,8 +72,9 @@ def tls_reason(exc: ssl.SSLError) -> str:
 class Conversation:
     """What one probe has learnt so far, and how to turn the way it ended into an Outcome."""
 
-    def __init__(self, protocol: str) -> None:
+    def __init__(self, protocol: str, local: str = "") -> None:
         self.protocol = protocol
+        self.local = local  # the source address every socket of this probe binds to ("" any)
         self.step = "connecting"
         self.answered = False  # the transport answered: handshake done or a datagram back
         self.rtt: float | None = None
@@ -123,11 +124,15 @@ class Conversation:
 
 
 async def converse(
-    protocol: str, budget: float, body: Callable[[Conversation], Awaitable[Outcome]]
+    protocol: str,
+    budget: float,
+    body: Callable[[Conversation], Awaitable[Outcome]],
+    local: str = "",
 ) -> Outcome:
-    """Run one probe's conversation under its deadline; whatever happens, return an Outcome, and leave
-    no connection open. Cancellation from outside (the engine stopping) is the only thing that propagates."""
-    conv = Conversation(protocol)
+    """Run one probe's conversation under its deadline, its sockets bound to the source address `local`
+    (the target's `local`); whatever happens, return an Outcome, and leave no connection open.
+    Cancellation from outside (the engine stopping) is the only thing that propagates."""
+    conv = Conversation(protocol, local)
     try:
         return await _converse(conv, budget, body)
     finally:
@@ -156,6 +161,8 @@ async def _converse(
         return conv.end(State.OPEN, f"{protocol} peer closed the connection {got} ({conv.step})", "closed")
     except ssl.SSLError as exc:
         return conv.bad(f"TLS failed ({conv.step}): {tls_reason(exc)}")
+    except bind.BindError as exc:  # a source address we lack: ours, whatever its errno
+        return Outcome(State.LOCAL_ERROR, conv.rtt, str(exc.strerror), conv.attempts)
     except OSError as exc:
         code = os_error_code(exc)
         if conv.answered:
@@ -238,9 +245,9 @@ async def connect(
     for attempt in range(1, attempts + 1):
         conv.attempts = attempt
         try:
-            sock = tcp.open_socket(resolved.family)
-        except OSError as exc:
-            return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt)
+            sock = tcp.open_socket(resolved.family, conv.local)
+        except OSError as exc:  # no fds, a source address we lack: ours
+            return Outcome(State.LOCAL_ERROR, None, bind.evidence(exc), attempt)
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):

@@ -92,7 +92,7 @@ def soa_check(transport: str = "udp", zone: str | None = None) -> Check:
         async def body(conv: Conversation) -> Outcome:
             return await over(conv, resolved, target, timeout, attempts, name)
 
-        return await converse("DNS", deadline(timeout, attempts), body)
+        return await converse("DNS", deadline(timeout, attempts), body, target.local)
 
     return check
 

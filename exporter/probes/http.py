@@ -127,6 +127,6 @@ def health_check(vdir: str, cafile: str | None = None) -> Check:
             conv.note("health", "healthy" if same else "answered by another server")
             return conv.ok(f"HTTP {status}, {fqdn}")
 
-        return await converse("HTTP", deadline(timeout, attempts), body)
+        return await converse("HTTP", deadline(timeout, attempts), body, target.local)
 
     return check

@@ -206,7 +206,7 @@ def as_req_check(transport: str = "udp", principal: str | None = None, realm: st
             return await connected(conv, resolved, target.port, timeout, attempts, talk)
 
         conv_body = over_tcp if transport == "tcp" else over_udp
-        return await converse("Kerberos", deadline(timeout, attempts), conv_body)
+        return await converse("Kerberos", deadline(timeout, attempts), conv_body, target.local)
 
     return check
 

@@ -170,7 +170,7 @@ def rootdse_check(tls: bool = False, cafile: str | None = None) -> Check:
                 return stream
             return await _rootdse(conv, stream, target)
 
-        return await converse("LDAP", deadline(timeout, attempts), body)
+        return await converse("LDAP", deadline(timeout, attempts), body, target.local)
 
     return check
 

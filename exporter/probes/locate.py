@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from exporter.probes import errqueue
+from exporter.probes import bind, errqueue
 from exporter.probes.contract import Resolved
 from exporter.probes.outcome import State
 
@@ -82,8 +82,9 @@ def available() -> bool:
     return errqueue.LINUX
 
 
-async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) -> Hop:
-    """One TCP connect with TTL (hop limit) `ttl`: what came back."""
+async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float, local: str = "") -> Hop:
+    """One TCP connect with TTL (hop limit) `ttl`, from the source address `local` when given: what came
+    back."""
     loop = asyncio.get_running_loop()
     six = resolved.family == socket.AF_INET6
     try:
@@ -93,6 +94,10 @@ async def _ttl_probe(resolved: Resolved, port: int, ttl: int, timeout: float) ->
     try:
         sock.setblocking(False)
         errqueue.enable(sock)
+        try:
+            bind.bind(sock, resolved.family, local)
+        except bind.BindError:
+            return Hop(ttl, "error")  # ours: the probes already say so (local_error)
         if six:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_UNICAST_HOPS, ttl)
             address: tuple[str, int] | tuple[str, int, int, int] = (resolved.host, port, 0, 0)
@@ -144,9 +149,10 @@ def raw_socket(family: int) -> socket.socket | None:
 MAX_RAW_READS = 256  # segments one measurement may read from the raw socket (others' traffic included)
 
 
-async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0) -> int | None:
-    """The TTL (hop limit) with which the answer to a connect to `port` arrived: a SYN-ACK or a RST,
-    matched to our own connection by ports. None without CAP_NET_RAW, or when nothing matched."""
+async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0, local: str = "") -> int | None:
+    """The TTL (hop limit) with which the answer to a connect to `port` (from `local`, when given) arrived:
+    a SYN-ACK or a RST, matched to our own connection by ports. None without CAP_NET_RAW, when nothing
+    matched, or when `local` cannot be bound."""
     raw = raw_socket(resolved.family)
     if raw is None:
         return None
@@ -155,8 +161,14 @@ async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0) -> i
     sock = socket.socket(resolved.family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.bind(("::", 0, 0, 0) if six else ("0.0.0.0", 0))
-        local = sock.getsockname()[1]
+        try:
+            if local:
+                bind.bind(sock, resolved.family, local, stream=False)  # the port is needed now
+            else:
+                sock.bind(("::", 0, 0, 0) if six else ("0.0.0.0", 0))
+        except OSError:
+            return None
+        local_port = sock.getsockname()[1]
         address: tuple[str, int] | tuple[str, int, int, int] = (
             (resolved.host, port, 0, 0) if six else (resolved.host, port)
         )
@@ -174,7 +186,7 @@ async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0) -> i
                     return None
                 await asyncio.sleep(0.01)
                 continue
-            ttl = _segment_ttl(data, ancillary, sender, resolved.host, port, local, six)
+            ttl = _segment_ttl(data, ancillary, sender, resolved.host, port, local_port, six)
             if ttl is not None:
                 return ttl
         return None
@@ -220,17 +232,19 @@ def hops_travelled(ttl: int) -> int:
     return initial - ttl
 
 
-async def trace(resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS) -> list[Hop]:
-    """TTL-limited connects from hop 1 upwards, PARALLEL at a time, until the target (or an ICMP error
-    other than time-exceeded) answers, or `max_hops`. Silence after the last answer ends it too: what
-    lies beyond a drop cannot answer."""
+async def trace(
+    resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS, local: str = ""
+) -> list[Hop]:
+    """TTL-limited connects (from the source address `local`, when given) from hop 1 upwards, PARALLEL at a
+    time, until the target (or an ICMP error other than time-exceeded) answers, or `max_hops`. Silence
+    after the last answer ends it too: what lies beyond a drop cannot answer."""
     hops: list[Hop] = []
     ttl = 1
     while ttl <= max_hops:
         # hop 1 alone first: a target on the same network answers there, and costs one connect
         width = 1 if ttl == 1 else PARALLEL
         batch = range(ttl, min(ttl + width, max_hops + 1))
-        results = await asyncio.gather(*(_ttl_probe(resolved, port, k, timeout) for k in batch))
+        results = await asyncio.gather(*(_ttl_probe(resolved, port, k, timeout, local) for k in batch))
         for hop in results:
             hops.append(hop)
             if hop.answer != "time-exceeded":
@@ -256,13 +270,15 @@ async def locate(
     open_port: int | None = None,
     timeout: float = 1.0,
     max_hops: int = MAX_HOPS,
+    local: str = "",
 ) -> Location:
     """Where `port` of the target at `resolved` is blocked, given how it was blocked (`state`) and, when
-    known, the target's distance in hops (the TTL at which its open ports answer)."""
+    known, the target's distance in hops (the TTL at which its open ports answer). Every connect is made
+    from the source address `local`, when given (the probes' own: the same route)."""
     now = time.time()
     if not available():
         return Location("location not available on this platform", verdict="unavailable", located_at=now)
-    hops = tuple(await trace(resolved, port, timeout, max_hops))
+    hops = tuple(await trace(resolved, port, timeout, max_hops, local))
     routers = [h for h in hops if h.answer == "time-exceeded"]
     last = hops[-1] if hops else None
 
@@ -298,7 +314,7 @@ async def locate(
                 hops,
                 now,
             )
-        told = await _reset_by_ttl(resolved, port, open_port, timeout, routers, last.ttl, hops, now)
+        told = await _reset_by_ttl(resolved, port, open_port, timeout, routers, last.ttl, hops, now, local)
         if told is not None:
             return told
         return Location(
@@ -339,14 +355,15 @@ async def _reset_by_ttl(
     reached: int,
     hops: tuple[Hop, ...],
     now: float,
+    local: str = "",
 ) -> Location | None:
     """With CAP_NET_RAW: compare the reset's received TTL with the host's own SYN-ACK's. The same: the
     host reset it (nothing listens); different: a device did, at the hop its TTL says. None when either
     TTL cannot be read (no capability, no open port to compare with)."""
     if open_port is None:
         return None
-    host_ttl = await received_ttl(resolved, open_port, timeout)
-    reset_ttl = await received_ttl(resolved, port, timeout)
+    host_ttl = await received_ttl(resolved, open_port, timeout, local)
+    reset_ttl = await received_ttl(resolved, port, timeout, local)
     if host_ttl is None or reset_ttl is None:
         return None
     if reset_ttl == host_ttl:
@@ -373,9 +390,9 @@ async def _reset_by_ttl(
 
 
 async def distance_to(
-    resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS
+    resolved: Resolved, port: int, timeout: float = 1.0, max_hops: int = MAX_HOPS, local: str = ""
 ) -> int | None:
     """The TTL at which the target answers on `port` (an open one): its distance in hops."""
-    hops = await trace(resolved, port, timeout, max_hops)
+    hops = await trace(resolved, port, timeout, max_hops, local)
     last = hops[-1] if hops else None
     return last.ttl if last is not None and last.answer in ("open", "refused") else None

@@ -82,4 +82,4 @@ async def check(resolved: Resolved, target: Target, timeout: float, attempts: in
             return reply
         return _answer(conv, reply.data, transmit, time.time() - reply.rtt)
 
-    return await converse("NTP", deadline(timeout, attempts), body)
+    return await converse("NTP", deadline(timeout, attempts), body, target.local)

@@ -407,7 +407,7 @@ async def lookup(
 
         return await connected(conv, resolved, target.port, timeout, attempts, talk)
 
-    outcome = await converse("DCE/RPC", deadline(timeout, attempts), body)
+    outcome = await converse("DCE/RPC", deadline(timeout, attempts), body, target.local)
     return EpmAnswer(outcome, outcome.endpoints if outcome.state is State.OPEN else ())
 
 

@@ -111,4 +111,4 @@ async def check(resolved: Resolved, target: Target, timeout: float, attempts: in
 
         return await connected(conv, resolved, target.port, timeout, attempts, talk)
 
-    return await converse("SMB", deadline(timeout, attempts), body)
+    return await converse("SMB", deadline(timeout, attempts), body, target.local)

@@ -119,7 +119,7 @@ def smtp_check(cafile: str | None = None) -> Check:
             await _quit(conv, secured)
             return conv.ok(conv.detail("banner") or "")
 
-        return await converse("SMTP", deadline(timeout, attempts), body)
+        return await converse("SMTP", deadline(timeout, attempts), body, target.local)
 
     return check
 

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 
+from exporter.probes import bind
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
 
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
@@ -18,11 +19,17 @@ _CLOEXEC = getattr(socket, "SOCK_CLOEXEC", 0)
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
 
-def open_socket(family: int) -> socket.socket:
-    """A non-blocking TCP socket. Raises OSError (EMFILE, ENOBUFS...) which is a local error."""
+def open_socket(family: int, local: str = "") -> socket.socket:
+    """A non-blocking TCP socket, bound to the source address `local` when there is one. Raises OSError
+    (EMFILE, ENOBUFS..., bind.BindError) which is a local error: `bind.evidence` says which."""
     sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK | _CLOEXEC)
-    if not _NONBLOCK:
-        sock.setblocking(False)
+    try:
+        if not _NONBLOCK:
+            sock.setblocking(False)
+        bind.bind(sock, family, local)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -49,15 +56,18 @@ def filtered(timeout: float, attempts: int) -> Outcome:
     return Outcome(State.FILTERED, timeout, f"no answer to {attempts} SYN attempts of {timeout:g}s", attempts)
 
 
-async def probe_tcp(sockaddr: SockAddr, family: int, timeout: float, attempts: int = 3) -> Outcome:
-    """Probe one address/port; silence is FILTERED only after `attempts` tries, as PortQry does. Uses
-    `loop.sock_connect`, so it runs on every loop (uvloop, selector loops, Windows' Proactor)."""
+async def probe_tcp(
+    sockaddr: SockAddr, family: int, timeout: float, attempts: int = 3, local: str = ""
+) -> Outcome:
+    """Probe one address/port (from the source address `local`, when given); silence is FILTERED only
+    after `attempts` tries, as PortQry does. Uses `loop.sock_connect`, so it runs on every loop (uvloop,
+    selector loops, Windows' Proactor)."""
     loop = asyncio.get_running_loop()
     for attempt in range(1, attempts + 1):
         try:
-            sock = open_socket(family)
+            sock = open_socket(family, local)
         except OSError as exc:
-            return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)), attempt)
+            return Outcome(State.LOCAL_ERROR, None, bind.evidence(exc), attempt)
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from exporter.probes import errqueue
+from exporter.probes import bind, errqueue
 from exporter.probes.contract import Resolved
 from exporter.probes.conversation import Conversation, sockaddr
 from exporter.probes.outcome import Outcome, State, classify_errno, errno_name, os_error_code
@@ -32,12 +32,18 @@ class Reply:
     attempt: int
 
 
-def open_socket(family: int) -> socket.socket:
-    """A non-blocking UDP socket that reports ICMP errors (Linux: with their origin)."""
+def open_socket(family: int, local: str = "") -> socket.socket:
+    """A non-blocking UDP socket that reports ICMP errors (Linux: with their origin), bound to the source
+    address `local` when there is one (a failure is bind.BindError: ours)."""
     sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK | _CLOEXEC)
-    if not _NONBLOCK:
-        sock.setblocking(False)
-    errqueue.enable(sock)
+    try:
+        if not _NONBLOCK:
+            sock.setblocking(False)
+        errqueue.enable(sock)
+        bind.bind(sock, family, local, stream=False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -71,9 +77,9 @@ async def request(
     The same payload is re-sent on every attempt, so a late answer to an earlier send still counts."""
     loop = asyncio.get_running_loop()
     try:
-        sock = open_socket(resolved.family)
-    except OSError as exc:
-        return Outcome(State.LOCAL_ERROR, None, errno_name(os_error_code(exc)))
+        sock = open_socket(resolved.family, conv.local)
+    except OSError as exc:  # no fds, a source address we lack: ours
+        return Outcome(State.LOCAL_ERROR, None, bind.evidence(exc))
     try:
         try:
             sock.connect(sockaddr(resolved, port))  # local only: picks a route and a source port

@@ -21,6 +21,7 @@ AGENTS = {"a": "10.253.1.2", "b": "10.253.2.2", "c": "10.253.3.2"}
 class MeshLab:
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     processes: list[Popen[str]] = field(default_factory=list)
+    agents: dict[str, tuple[list[str], Path]] = field(default_factory=dict)  # name -> (exporter args, log)
 
     def ns(self, name: str) -> str:
         return f"efxm-{name}-{self.tag}"
