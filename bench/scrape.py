@@ -74,6 +74,8 @@ class SizeResult:
     background_cpu: float = 0.0  # process CPU share between scrapes (the probing)
     scrapes: list[Scrape] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
+    lag_at_rest: float = float("nan")  # the same, over 10 s without scrapes: what probing alone costs
+    gc_pauses: list[tuple[int, float]] = field(default_factory=list)  # (generation, ms) of those > 20 ms
     profile: list[tuple[str, float]] = field(default_factory=list)
 
     def times(self, gz: bool) -> list[float]:
@@ -90,6 +92,9 @@ def measure(size: int, work: Path, args: argparse.Namespace) -> SizeResult:
     result = SizeResult(size)
     started = time.monotonic()
     cmd = serve_cmd(inventory, PORT, interval=args.interval, timeout=2.0)
+    gc_log = work / f"gc-{size}.log"
+    assert cmd[1:3] == ["-m", "exporter"]
+    cmd[1:3] = ["-m", "bench._gcwrap", str(gc_log)]  # the same command, with collections > 20 ms logged
     with Process(f"serve-{size}", cmd, work) as proc:
         result.startup_s = wait_http(PORT, "/-/healthy", 300.0)
         wait_http(PORT, "/-/ready", args.interval * 2 + 120.0)
@@ -99,6 +104,8 @@ def measure(size: int, work: Path, args: argparse.Namespace) -> SizeResult:
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(3.0)
         result.background_cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+        time.sleep(10.5)  # a window of probing alone, read with one gzip scrape at its end
+        result.lag_at_rest = exporter_metrics(PORT).get("exchange_probe_lag_seconds", float("nan"))
         for _ in range(args.rounds):
             for gz in args.kinds:
                 c0 = cpu_seconds(proc.pid)
@@ -117,6 +124,8 @@ def measure(size: int, work: Path, args: argparse.Namespace) -> SizeResult:
             # the probing loop's worst start lag over the last 10 s, which covered this round's scrapes
             # (reading it is one more gzip scrape)
             result.lags.append(exporter_metrics(PORT).get("exchange_probe_lag_seconds", float("nan")))
+        pauses = [line.split() for line in gc_log.read_text().splitlines()]
+        result.gc_pauses = [(int(g), float(ms)) for _t, g, ms in pauses]
         mem = memory_kib(proc.pid)
         result.rss_after_kib, result.hwm_after_kib = mem["VmRSS"], mem["VmHWM"]
         slow = any(times and median(times) > GOAL_S for times in (result.times(True), result.times(False)))
@@ -208,7 +217,8 @@ def report(results: list[SizeResult]) -> str:
             f"background (probing) CPU {r.background_cpu * 100:.0f}% of a core; "
             f"first-byte times plain {mid([s.ttfb for s in r.scrapes if not s.gzip]) * 1000:.0f} ms, "
             f"gzip {mid([s.ttfb for s in r.scrapes if s.gzip]) * 1000:.0f} ms; probe lag right after "
-            f"rounds max {max(r.lags):.2f} s"
+            f"rounds max {max(r.lags):.2f} s (without scrapes {r.lag_at_rest:.2f} s); garbage collections "
+            f"over 20 ms: {len(r.gc_pauses)}, longest {max((ms for _g, ms in r.gc_pauses), default=0):.0f} ms"
         )
         if r.profile:
             lines.append(f"  profile of {r.paths}-path scrapes (py-spy, share of scrape-related samples):")

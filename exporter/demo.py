@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import logging
-import socket
-import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 from exporter.inventory.model import DomainController, Inventory, Role, Server, Version
 from exporter.plan.planner import NetworkPath
+from exporter.probes import bpf
 
 log = logging.getLogger(__name__)
 
@@ -88,39 +86,11 @@ def mesh_members() -> list[tuple[str, str]]:
     return [(server.fqdn, server.address or "") for server in demo_inventory().servers]
 
 
-#: SO_ATTACH_FILTER (Linux; not exported by Python), None where the demo cannot drop packets
-SO_ATTACH_FILTER: int | None = 26 if sys.platform.startswith("linux") else None
-#: a classic BPF load relative to the network header (a TCP socket's filter starts at the TCP header)
-SKF_NET_OFF = -0x100000
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_uint16),
-        ("jt", ctypes.c_uint8),
-        ("jf", ctypes.c_uint8),
-        ("k", ctypes.c_uint32),
-    ]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
-
-
 def drop_packets_from(sock: Any, source: str) -> None:
     """Attach a classic BPF filter to `sock` (a listening IPv4 TCP socket) that drops every packet from
     `source`: its SYNs go unanswered, as behind a firewall's drop rule; everyone else connects. Linux only,
     no privileges; raises OSError elsewhere."""
-    if SO_ATTACH_FILTER is None:
-        raise OSError(errno.ENOPROTOOPT, "SO_ATTACH_FILTER is Linux's")
-    program = (_SockFilter * 4)(
-        _SockFilter(0x20, 0, 0, (SKF_NET_OFF + 12) & 0xFFFFFFFF),  # ld [net + 12]: the IPv4 source
-        _SockFilter(0x15, 0, 1, int(ipaddress.IPv4Address(source))),  # jeq source ? next : skip one
-        _SockFilter(0x06, 0, 0, 0),  # ret 0: drop
-        _SockFilter(0x06, 0, 0, 0xFFFFFFFF),  # ret all: keep the whole packet
-    )
-    fprog = _SockFprog(len(program), ctypes.cast(program, ctypes.POINTER(_SockFilter)))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    bpf.attach(sock, bpf.drop_source(int(ipaddress.IPv4Address(source))))
 
 
 class DemoListeners:
@@ -171,7 +141,7 @@ class DemoListeners:
                 self.failed.append((host, port, hint))
 
         if self.break_after is not None and BLOCKED in self._by_endpoint:
-            if SO_ATTACH_FILTER is None:
+            if bpf.SO_ATTACH_FILTER is None:
                 log.warning(
                     "demo: the firewall change (%s dropped at %s:%d) is not available on this platform "
                     "(it needs Linux's SO_ATTACH_FILTER): no path will turn newly blocked",

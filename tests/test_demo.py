@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from exporter import demo
+from exporter.probes import bpf
 from exporter.probes.outcome import State
 from exporter.probes.tcp import probe_tcp
 from tests.conftest import Listeners
 from tests.lab.service import Service, start_service
 from tests.lab.waiting import wait_until
 
-NO_FILTER = demo.SO_ATTACH_FILTER is None
+NO_FILTER = bpf.SO_ATTACH_FILTER is None
 EX16A, EX19A, EX19B, EXSE = (f"{name}.demo.example" for name in ("ex16a", "ex19a", "ex19b", "exse"))
 PORT = demo.BLOCKED[1]
 

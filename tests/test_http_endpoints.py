@@ -89,7 +89,17 @@ def test_metrics_are_gzipped_when_asked(service: Service) -> None:
     assert b"exchange_path_up{" in gzip.decompress(body)
     with httpx.stream("GET", service.base + "/metrics", headers={"Accept-Encoding": "identity"}) as plain:
         assert "content-encoding" not in plain.headers
-        assert b"exchange_path_up{" in b"".join(plain.iter_raw())
+        # streamed block by block (never one whole-body join), so chunked, without a length
+        assert plain.headers.get("transfer-encoding") == "chunked" and "content-length" not in plain.headers
+        text = b"".join(plain.iter_raw())
+    assert b"exchange_path_up{" in text
+    # the same series either way
+    unzipped = gzip.decompress(body)
+    series = {line.rsplit(b" ", 1)[0] for line in text.splitlines() if line and not line.startswith(b"#")}
+    zipped = {line.rsplit(b" ", 1)[0] for line in unzipped.splitlines() if line and not line.startswith(b"#")}
+    assert {s for s in series if s.startswith(b"exchange_path")} == {
+        s for s in zipped if s.startswith(b"exchange_path")
+    }
 
 
 def test_paths_api_health_ready_landing_and_openapi(service: Service) -> None:

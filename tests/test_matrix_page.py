@@ -57,8 +57,11 @@ def demo() -> Iterator[Service]:
     svc = start_service(["demo", "--interval", "1", "--timeout", "0.3", "--demo-break-after", "600"])
 
     def blocked() -> bool:
-        rows = svc.get("/api/v1/paths", params={"target": "exse.demo.example"}).json()
-        return any(r["port"] == 2525 and r["status"] == "blocked" for r in rows)
+        """Every agent of the demo's mesh has probed every path, and each has found SE's 2525 refused
+        often enough to call it not listening."""
+        rows = svc.get("/api/v1/mesh").json()
+        silent = [r for r in rows if r["port"] == 2525 and r["classification"] == "not_listening"]
+        return all(r["state"] is not None for r in rows) and len(silent) == 4
 
     wait_until(blocked, timeout=30)
     yield svc

@@ -286,7 +286,17 @@ def test_the_mesh_and_its_past_from_prometheus(central: Central) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         link = matrix.cell_link(FQDN["c"], FQDN["b"])
         browse(
-            central.viewer.base + "/matrix" + link, central.workdir, screenshot=ARTIFACTS / "matrix-mesh.png"
+            central.viewer.base + "/matrix" + link,
+            central.workdir,
+            screenshot=ARTIFACTS / "matrix-mesh.png",
+            height=1100,
+        )
+        past_link = f"?at={before:.0f}"
+        browse(
+            central.viewer.base + "/matrix" + past_link,
+            central.workdir,
+            screenshot=ARTIFACTS / "matrix-past.png",
+            height=600,
         )
         # bad moments are refused clearly
         bad = central.viewer.get("/api/v1/mesh", params={"at": "yesterday"})

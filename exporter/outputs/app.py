@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from exporter import __version__
@@ -109,11 +109,18 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
-        # rendering is CPU-bound on large plans: a worker thread, never the probing loop
-        body, headers = await run_in_threadpool(
-            metrics.respond, exposition, registry, request.headers.get("accept-encoding", "")
+        # rendering is CPU-bound on large plans: worker threads, never the probing loop. gzip (what
+        # Prometheus asks for) reuses the unchanged compressed blocks; plain is streamed block by block,
+        # each made in a worker thread when the client is ready for it, so no step holds the
+        # interpreter long enough to delay the probes
+        if metrics.wants_gzip(request.headers.get("accept-encoding", "")):
+            body, headers = await run_in_threadpool(metrics.respond_gzip, exposition, registry)
+            return Response(body, media_type=metrics.CONTENT_TYPE, headers=headers)
+        return StreamingResponse(
+            metrics.render_blocks(exposition, registry),
+            media_type=metrics.CONTENT_TYPE,
+            headers={"Vary": "Accept-Encoding"},
         )
-        return Response(body, media_type=metrics.CONTENT_TYPE, headers=headers)
 
     def located_by_key() -> dict[str, Location]:
         """The current locations by the key changes are stored under (`source|target|port|proto|check`)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from exporter.outputs.gzipcat import Piece, assemble
@@ -295,16 +295,26 @@ class PathExposition:
 
     def render(self) -> str:
         """The per-path families in the text exposition format (paths never probed are left out)."""
+        return b"".join(self.render_blocks()).decode("utf-8")
+
+    def render_blocks(self) -> Iterator[bytes]:
+        """render(), as a sequence of small byte strings: each a family's header or BLOCK paths' lines of
+        it. Each piece is made when it is asked for, so a plain scrape of 100k paths is a stream of
+        short steps (a thread serving it lets the probing thread run between them), never one
+        300 MB join holding the interpreter."""
         snapshot: list[list[str]] = [[] for _ in FAMILIES]
         for one in (self, *self._joined):
             plan = one._plan
-            with plan.lock:
+            with plan.lock:  # one consistent moment: a path's lines move together
                 for number, lines in enumerate(plan.lines):
                     snapshot[number] += lines
-        parts: list[str] = []
         for (name, kind, help_text), lines in zip(FAMILIES, snapshot, strict=True):
-            body = "".join(lines)
-            if body:
-                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-                parts.append(body)
-        return "".join(parts)
+            header = False
+            for start in range(0, len(lines), BLOCK):
+                body = "".join(lines[start : start + BLOCK])
+                if not body:
+                    continue
+                if not header:
+                    header = True
+                    yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
+                yield body.encode("utf-8")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -231,16 +231,32 @@ def build_registry(agent: AgentView) -> CollectorRegistry:
 
 
 def render(paths: PathExposition, registry: CollectorRegistry) -> bytes:
-    """The whole exposition. Call off the probing loop (it is CPU-bound on big plans)."""
-    return generate_latest(registry) + paths.render().encode("utf-8")
+    """The whole exposition in one piece (tests, tools). Call off the probing loop."""
+    return b"".join(render_blocks(paths, registry))
+
+
+def render_blocks(paths: PathExposition, registry: CollectorRegistry) -> Iterator[bytes]:
+    """The whole exposition as a stream of short pieces: the registry's families, then the per-path
+    families block by block (see PathExposition.render_blocks)."""
+    yield generate_latest(registry)
+    yield from paths.render_blocks()
+
+
+def respond_gzip(paths: PathExposition, registry: CollectorRegistry) -> tuple[bytes, dict[str, str]]:
+    """The exposition gzip-compressed, as Prometheus asks for it: the compressed blocks of the per-path
+    families that did not change since the last scrape are reused."""
+    body = paths.render_gzip(generate_latest(registry))
+    return body, {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    return "gzip" in accept_encoding.lower()
 
 
 def respond(
     paths: PathExposition, registry: CollectorRegistry, accept_encoding: str
 ) -> tuple[bytes, dict[str, str]]:
-    """The exposition as the scraper asked for it. gzip (what Prometheus asks for) reuses the compressed
-    blocks of the per-path families that did not change since the last scrape."""
-    if "gzip" in accept_encoding.lower():
-        body = paths.render_gzip(generate_latest(registry))
-        return body, {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    """The exposition as the scraper asked for it, in one piece."""
+    if wants_gzip(accept_encoding):
+        return respond_gzip(paths, registry)
     return render(paths, registry), {"Vary": "Accept-Encoding"}

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from exporter.probes import bind, errqueue
+from exporter.probes import bind, bpf, errqueue
 from exporter.probes.contract import Resolved
 from exporter.probes.outcome import State
 
@@ -134,31 +134,117 @@ def error_queue(sock: socket.socket) -> tuple[str, str | None] | None:
 
 
 def raw_socket(family: int) -> socket.socket | None:
-    """A raw IPPROTO_TCP socket, which sees incoming TCP segments with their TTL; None without
-    CAP_NET_RAW (root, or granted to the service), the usual case, and then nothing is guessed."""
+    """A raw IPPROTO_TCP socket, which sees incoming TCP segments with their TTL, filtered in the kernel
+    to resets and SYN-ACKs; None without CAP_NET_RAW (root, or granted to the service), the usual case,
+    and then nothing is guessed."""
     try:
         raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
     except OSError:
         return None
-    raw.setblocking(False)
-    if family == socket.AF_INET6:
-        raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    try:
+        raw.setblocking(False)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+        bpf.attach(raw, bpf.resets_and_syn_acks(family == socket.AF_INET6))
+    except OSError:
+        raw.close()
+        return None
     return raw
 
 
-MAX_RAW_READS = 256  # segments one measurement may read from the raw socket (others' traffic included)
+MAX_RAW_READS = 256  # segments read per wake-up of the shared raw socket (others' resets included)
+ANSWER_WAIT = 0.2  # how long after our connect ended its answer may still arrive on the raw socket
+
+# key of one awaited answer: (the peer's address, its port, our local port)
+_Key = tuple[str, int, int]
+
+
+class _RawReader:
+    """One raw socket per address family for every locator of the process, open while someone waits on
+    it: segments are matched to the connections that wait for them by address and ports, the rest is
+    dropped (the kernel filter already keeps only resets and SYN-ACKs). Bounded: the waiters are the
+    locator's connections in flight (it runs a few at a time); each wake-up reads at most MAX_RAW_READS."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, raw: socket.socket) -> None:
+        self.loop, self.family, self.raw = loop, family, raw
+        self.waiters: dict[_Key, asyncio.Future[int]] = {}
+        self.users = 0
+        loop.add_reader(raw.fileno(), self._readable)
+
+    def expect(self, key: _Key) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = self.loop.create_future()
+        self.waiters[key] = future
+        return future
+
+    def forget(self, key: _Key) -> None:
+        future = self.waiters.pop(key, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def _readable(self) -> None:
+        six = self.family == socket.AF_INET6
+        for _ in range(MAX_RAW_READS):
+            try:
+                data, ancillary, _flags, sender = self.raw.recvmsg(256, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # a transient error on a raw socket: the waiters time out, nothing is guessed
+            parsed = _segment(data, ancillary, sender, six)
+            if parsed is None:
+                continue
+            future = self.waiters.get(parsed[0])
+            if future is not None and not future.done():
+                future.set_result(parsed[1])
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.raw.fileno())
+        self.raw.close()
+        for future in self.waiters.values():
+            if not future.done():
+                future.cancel()
+        self.waiters.clear()
+
+
+_readers: dict[tuple[int, int], _RawReader] = {}
+
+
+def _acquire(family: int) -> _RawReader | None:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), family)
+    reader = _readers.get(key)
+    if reader is None or reader.loop is not loop:
+        raw = raw_socket(family)
+        if raw is None:
+            return None
+        try:
+            reader = _RawReader(loop, family, raw)
+        except (NotImplementedError, RuntimeError):
+            raw.close()  # a loop without fd callbacks: no raw reading there
+            return None
+        _readers[key] = reader
+    reader.users += 1
+    return reader
+
+
+def _release(reader: _RawReader) -> None:
+    reader.users -= 1
+    if reader.users <= 0:
+        _readers.pop((id(reader.loop), reader.family), None)
+        reader.close()
 
 
 async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0, local: str = "") -> int | None:
     """The TTL (hop limit) with which the answer to a connect to `port` (from `local`, when given) arrived:
-    a SYN-ACK or a RST, matched to our own connection by ports. None without CAP_NET_RAW, when nothing
-    matched, or when `local` cannot be bound."""
-    raw = raw_socket(resolved.family)
-    if raw is None:
+    a SYN-ACK or a RST, matched to our own connection by address and ports on the process's one raw
+    socket. None without CAP_NET_RAW, when nothing matched, or when `local` cannot be bound."""
+    reader = _acquire(resolved.family)
+    if reader is None:
         return None
     loop = asyncio.get_running_loop()
     six = resolved.family == socket.AF_INET6
     sock = socket.socket(resolved.family, socket.SOCK_STREAM)
+    key: _Key | None = None
     try:
         sock.setblocking(False)
         try:
@@ -168,7 +254,8 @@ async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0, loca
                 sock.bind(("::", 0, 0, 0) if six else ("0.0.0.0", 0))
         except OSError:
             return None
-        local_port = sock.getsockname()[1]
+        key = (resolved.host, port, sock.getsockname()[1])
+        answer = reader.expect(key)  # before the SYN leaves, so its answer cannot slip past
         address: tuple[str, int] | tuple[str, int, int, int] = (
             (resolved.host, port, 0, 0) if six else (resolved.host, port)
         )
@@ -177,53 +264,42 @@ async def received_ttl(resolved: Resolved, port: int, timeout: float = 1.0, loca
                 await loop.sock_connect(sock, address)
         except (TimeoutError, OSError):
             pass
-        deadline = time.monotonic() + 0.2
-        for _ in range(MAX_RAW_READS):
-            try:
-                data, ancillary, _flags, sender = raw.recvmsg(256, 64)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return None
-                await asyncio.sleep(0.01)
-                continue
-            ttl = _segment_ttl(data, ancillary, sender, resolved.host, port, local_port, six)
-            if ttl is not None:
-                return ttl
-        return None
-    finally:
-        sock.close()
-        raw.close()
-
-
-def _segment_ttl(
-    data: bytes,
-    ancillary: list[tuple[int, int, bytes]],
-    sender: tuple[object, ...],
-    host: str,
-    port: int,
-    local: int,
-    six: bool,
-) -> int | None:
-    """The TTL of a segment from host:port to our `local` port; None for anyone else's."""
-    if six:
-        if not sender or str(sender[0]).split("%")[0] != host or len(data) < 4:
+        try:
+            return await asyncio.wait_for(answer, ANSWER_WAIT)
+        except TimeoutError:
             return None
-        tcp, hops = data, None
+    finally:
+        if key is not None:
+            reader.forget(key)
+        sock.close()
+        _release(reader)
+
+
+def _segment(
+    data: bytes, ancillary: list[tuple[int, int, bytes]], sender: tuple[object, ...], six: bool
+) -> tuple[_Key, int] | None:
+    """((peer address, peer port, our port), TTL) of one segment the raw socket read; None when short."""
+    if six:
+        if not sender or len(data) < 4:
+            return None
+        host = str(sender[0]).split("%")[0]
+        hops = None
         for level, kind, blob in ancillary:
             if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(blob) >= 4:
                 hops = int.from_bytes(blob[:4], sys.byteorder)
         if hops is None:
             return None
-        ttl = hops
+        tcp, ttl = data, hops
     else:
-        if len(data) < 20 or socket.inet_ntop(socket.AF_INET, data[12:16]) != host:
+        if len(data) < 20:
             return None
+        host = socket.inet_ntop(socket.AF_INET, data[12:16])
         header = (data[0] & 0x0F) * 4
         tcp, ttl = data[header:], data[8]
     if len(tcp) < 4:
         return None
     source_port, dest_port = struct.unpack_from("!HH", tcp)
-    return ttl if (source_port, dest_port) == (port, local) else None
+    return (host, source_port, dest_port), ttl
 
 
 def hops_travelled(ttl: int) -> int:

@@ -20,7 +20,7 @@ def chromium() -> str:
     raise RuntimeError("chromium is missing: `make test` installs Debian's chromium package")
 
 
-def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
+def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None, height: int = 700) -> str:
     """The DOM after the page's scripts ran (or a screenshot), from a fresh headless Chromium."""
     args = [
         chromium(),
@@ -33,7 +33,7 @@ def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
         "--disable-sync",
         "--disable-quic",
         f"--user-data-dir={tmp_path / 'chromium'}",
-        "--window-size=1400,700",
+        f"--window-size=1400,{height}",
         "--virtual-time-budget=3000",
     ]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
