@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.engine.host import new_loop
+from exporter.engine.host import new_loop, settle_heap
 from exporter.engine.scheduler import Engine, EngineStats
 from exporter.inventory.model import Inventory
 from exporter.plan.planner import NetworkPath, dynamic_rpc_paths
@@ -122,6 +122,7 @@ class Prober:
             loop = new_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            settle_heap()
             self._runner = loop.create_task(self.engine.run())
             started.set()
             try:
@@ -172,6 +173,7 @@ class Prober:
             if old_runner is not None and old_runner is not asyncio.current_task():
                 await asyncio.gather(old_runner, return_exceptions=True)
             install()
+            settle_heap()
             self.plan_changes += 1
             self._runner = asyncio.get_running_loop().create_task(engine.run())
 
