@@ -509,7 +509,8 @@ def k8s(kind: str) -> list[dict[str, Any]]:
 
 def test_kustomization_lists_every_manifest_and_versions_agree() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    # (the opt-in CAP_NET_RAW patch is not a resource: its own comment says how to add it)
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "locate-resets-patch.yaml"}
     assert set(kustomization["resources"]) == on_disk == set(CORE_FILES + CRD_FILES)
     (image,) = kustomization["images"]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -977,3 +978,31 @@ def test_links_into_the_guide_land_on_a_heading() -> None:
     assert len(links) >= 5
     for name, anchor in links:
         assert anchor in anchors, f"{name} links to #{anchor}, which is no heading of {GUIDE.name}"
+
+
+def test_the_opt_in_cap_net_raw_patch_and_override_grant_only_that(tmp_path: Path) -> None:
+    """deploy/kubernetes/locate-resets-patch.yaml merged into the agent DaemonSet, as kustomize's strategic
+    merge does for these fields, still validates strictly and holds NET_RAW and no other capability; the
+    Compose override follows the Compose Specification and does the same."""
+    kv = module("kubernetes_validate", "kubernetes-validate")
+    (patch,) = yaml_docs(K8S / "locate-resets-patch.yaml")
+    (daemonset,) = k8s("DaemonSet")
+    assert patch["metadata"]["name"] == daemonset["metadata"]["name"]
+    merged = json.loads(json.dumps(daemonset))
+    spec, patch_spec = merged["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+    spec["securityContext"].update(patch_spec["securityContext"])
+    for patched in patch_spec["containers"]:
+        container = next(c for c in spec["containers"] if c["name"] == patched["name"])
+        container["securityContext"].update(patched["securityContext"])
+    container = next(c for c in spec["containers"] if c["name"] == "exporter")
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    versions = sorted(set(kv.utils.all_versions()), key=lambda v: tuple(map(int, v.split("."))))
+    kv.validate(merged, versions[-1], strict=True)
+    override = DEPLOY / "compose.locate-resets.yaml"
+    result = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(override))
+    assert result.returncode == 0, result.stdout + result.stderr
+    service = yaml.safe_load(override.read_text())["services"]["exporter"]
+    assert service == {"user": "0:0", "cap_drop": ["ALL"], "cap_add": ["NET_RAW"]}
+    assert "exporter" in yaml.safe_load(COMPOSE.read_text())["services"]
