@@ -49,6 +49,7 @@ from bench._support import (
     environment,
     exporter_metrics,
     filtered_rules,
+    http_get,
     inventory_data,
     planned_endpoints,
     serve_cmd,
@@ -74,6 +75,7 @@ class Side:
     attempts_per_probe: float = 1.0
     concurrency: int = 0
     client_cpu: float = 0.0
+    located: tuple[int, int] = (0, 0)  # exchange_path_block_location_info series at the window's start, end
 
     @property
     def cpu_ms_per_probe(self) -> float:
@@ -104,6 +106,7 @@ def measure_ours(
     started = time.monotonic()
     time.sleep(max(0.0, warmup - (time.monotonic() - started)))
     first: dict[str, tuple[float, float, dict[str, float]]] = {}
+    located_at_start = {mix: located(ports[mix]) for mix in procs}
     for mix, proc in procs.items():
         metrics = exporter_metrics(ports[mix])  # the scrape first, then the CPU reading
         first[mix] = (time.monotonic(), cpu_seconds(proc.pid), metrics)
@@ -136,7 +139,15 @@ def measure_ours(
             concurrency=int(metrics.get("exchange_probes_in_flight", 0)),
         )
         out[mix] = side
+    for mix, side in out.items():  # after the window's CPU readings: these full scrapes are not counted
+        side.located = (located_at_start[mix], located(ports[mix]))
     return out
+
+
+def located(port: int) -> int:
+    """How many blocked paths the service has located (its exchange_path_block_location_info series)."""
+    body = http_get(port, "/metrics", gzip_ok=True, timeout=60.0).body
+    return body.count(b"\nexchange_path_block_location_info{")
 
 
 # ---- blackbox ----------------------------------------------------------------------------------------
@@ -403,13 +414,14 @@ def inner(args: argparse.Namespace) -> int:
         text += (
             "\n\nthe locator's cost (same window; every path of the refused and filtered mixes is blocked):\n"
         )
-        text += "| mix | CPU ms/probe, locator on (shipped) | locator off | on/off |\n"
-        text += "| --- | ---: | ---: | ---: |\n"
+        text += "| mix | CPU ms/probe, locator on | locator off | on/off | located (start -> end) |\n"
+        text += "| --- | ---: | ---: | ---: | ---: |\n"
         for mix, off in unlocated.items():
             on = ours[mix]
             text += (
                 f"| {mix} | {on.cpu_ms_per_probe:.4f} | {off.cpu_ms_per_probe:.4f} "
-                f"| {on.cpu_ms_per_probe / off.cpu_ms_per_probe:.2f}x |\n"
+                f"| {on.cpu_ms_per_probe / off.cpu_ms_per_probe:.2f}x "
+                f"| {on.located[0]} -> {on.located[1]} |\n"
             )
     print(f"at start: {started_env}\nat end:   {environment()}\n")
     print(text)
