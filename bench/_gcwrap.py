@@ -23,18 +23,6 @@ def main() -> int:
             log.write(f"{time.time():.1f} {info['generation']} {ms:.0f}\n")
 
     gc.callbacks.append(timed)
-    import os
-    import threading
-
-    if os.environ.get("EFX_GC_THRESHOLD"):  # experiments: gc.set_threshold(a, b, c)
-        gc.set_threshold(*map(int, os.environ["EFX_GC_THRESHOLD"].split(",")))
-    if os.environ.get("EFX_GC_FREEZE_AFTER"):  # experiments: gc.freeze() after N seconds
-
-        def freeze() -> None:
-            gc.collect()
-            gc.freeze()
-
-        threading.Timer(float(os.environ["EFX_GC_FREEZE_AFTER"]), freeze).start()
     from exporter.cli import main as exporter_main
 
     return exporter_main(sys.argv[2:])

@@ -917,8 +917,23 @@ def test_the_guides_windows_service_commands_use_real_flags() -> None:
     assert {"check", "service install", "service start"} <= kinds
 
 
+SHIPPED_BINARY = "/opt/exchange-firewall-exporter/bin/exchange-firewall-exporter"
+
+
+def verify_with_drop_in(tmp_path: Path, name: str, drop_in: str) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` on the shipped unit with `drop_in` as its `name` drop-in, both pointing
+    at a stand-in for the binary (verify wants ExecStart= to exist)."""
+    stand_in = tmp_path / "exchange-firewall-exporter"
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace(SHIPPED_BINARY, str(stand_in)))
+    (tmp_path / f"{UNIT.name}.d").mkdir()
+    (tmp_path / f"{UNIT.name}.d" / name).write_text(drop_in.replace(SHIPPED_BINARY, str(stand_in)))
+    return run(tool("systemd-analyze"), "verify", str(unit), cwd=tmp_path)
+
+
 def test_the_cap_net_raw_drop_in_verifies_and_grants_only_that(tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze")
     drop_in = (DEPLOY / "systemd" / "locate-resets.conf").read_text()
     settings = dict(
         line.split("=", 1) for line in drop_in.splitlines() if "=" in line and not line.startswith("#")
@@ -928,34 +943,17 @@ def test_the_cap_net_raw_drop_in_verifies_and_grants_only_that(tmp_path: Path) -
         "CapabilityBoundingSet": "CAP_NET_RAW",
         "PrivateUsers": "no",
     }
-    shipped = "/opt/exchange-firewall-exporter/bin/exchange-firewall-exporter"
-    stand_in = tmp_path / "exchange-firewall-exporter"
-    stand_in.write_text("#!/bin/sh\n")
-    stand_in.chmod(0o755)
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(shipped, str(stand_in)))
-    (tmp_path / f"{UNIT.name}.d").mkdir()
-    (tmp_path / f"{UNIT.name}.d" / "locate-resets.conf").write_text(drop_in)
-    verify = run(analyze, "verify", str(unit), cwd=tmp_path)
+    verify = verify_with_drop_in(tmp_path, "locate-resets.conf", drop_in)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
 
 
 def test_the_guides_systemd_credentials_drop_in_verifies(tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze")
     (drop_in,) = guide_blocks("ini", "LoadCredential=")
-    shipped = "/opt/exchange-firewall-exporter/bin/exchange-firewall-exporter"
-    stand_in = tmp_path / "exchange-firewall-exporter"
-    stand_in.write_text("#!/bin/sh\n")
-    stand_in.chmod(0o755)
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(shipped, str(stand_in)))
-    (tmp_path / f"{UNIT.name}.d").mkdir()
-    (tmp_path / f"{UNIT.name}.d" / "override.conf").write_text(drop_in.replace(shipped, str(stand_in)))
-    verify = run(analyze, "verify", str(unit), cwd=tmp_path)
+    verify = verify_with_drop_in(tmp_path, "override.conf", drop_in)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
     exec_start = "".join(drop_in.split("ExecStart=")[-1].split("\\\n"))
     argv = [a.replace("%d", "/run/credentials") for a in exec_start.split() if not a.startswith("$")]
-    assert argv[0] == shipped
+    assert argv[0] == SHIPPED_BINARY
     assert cli_args(argv[1:]).web_config_file == "/run/credentials/web.yml"
 
 

@@ -122,12 +122,12 @@ def create_app(
             headers={"Vary": "Accept-Encoding"},
         )
 
-    def located_by_key() -> dict[str, Location]:
-        """The current locations by the key changes are stored under (`source|target|port|proto|check`)."""
-        locations = agent.locations
+    def located_by_key(one: AgentView) -> dict[str, Location]:
+        """`one`'s locations by the key changes are stored under (`source|target|port|proto|check`)."""
+        locations = one.locations
         if not locations:
             return {}
-        return {path_key(p): locations[p.key] for p in agent.table.paths if p.key in locations}
+        return {path_key(p): locations[p.key] for p in one.table.paths if p.key in locations}
 
     @app.get("/-/healthy", include_in_schema=False)
     async def healthy() -> Response:
@@ -173,7 +173,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_CHANGES_PAGE)] = 100,
     ) -> JSONResponse:
         state = agent.state
-        where = located_by_key()
+        where = located_by_key(agent)
         rows = (
             [] if state is None else [change_view(c, where.get(c.key)) for c in state.changes(since, limit)]
         )
@@ -201,8 +201,7 @@ def create_app(
             state = one.state
             if state is None:
                 continue
-            locations = one.locations
-            located = {path_key(p): locations[p.key] for p in one.table.paths if p.key in locations}
+            located = located_by_key(one)
             out += [dict(change_view(c, located.get(c.key))) for c in state.changes(0.0, limit)]
         out.sort(key=lambda change: str(change.get("time", "")), reverse=True)
         return out[:limit]
@@ -221,6 +220,14 @@ def create_app(
         if not math.isfinite(at):
             raise HTTPException(422, "at must be a finite Unix time or an RFC 3339 time")
         return at
+
+    async def prometheus_view(when: float | None) -> history.View:
+        """The mesh from Prometheus; 502 (with why) when it cannot answer."""
+        assert from_prometheus is not None
+        try:
+            return await from_prometheus.view(when)
+        except history.QueryError as exc:
+            raise HTTPException(502, str(exc)) from None
 
     @dataclass
     class Parts:
@@ -311,11 +318,7 @@ def create_app(
     async def mesh_paths(at: At = None) -> JSONResponse:
         when = moment(at)
         if from_prometheus is not None:
-            try:
-                view = await from_prometheus.view(when)
-            except history.QueryError as exc:
-                raise HTTPException(502, str(exc)) from None
-            return JSONResponse(view.rows)
+            return JSONResponse((await prometheus_view(when)).rows)
         if not settings.enabled:
             return JSONResponse(await run_in_threadpool(own_rows))
         rows, _errors = await the_mesh.rows()
@@ -331,11 +334,7 @@ def create_app(
         when = moment(at)
         if from_prometheus is None:
             return JSONResponse(await run_in_threadpool(local_changes, MAX_CHANGES_PAGE))
-        try:
-            view = await from_prometheus.view(when)
-        except history.QueryError as exc:
-            raise HTTPException(502, str(exc)) from None
-        return JSONResponse(view.changes)
+        return JSONResponse((await prometheus_view(when)).changes)
 
     @app.get("/api/v1/sd", summary="Prometheus HTTP service discovery for every agent of the mesh")
     async def service_discovery() -> JSONResponse:

@@ -25,7 +25,7 @@ import pathlib
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ PATH_LABELS = (*LABELS, *OPTIONAL_LABELS)
 #: kinds whose paths Microsoft requires open (the rest are client endpoints)
 REQUIRED_KINDS = frozenset({"exchange-exchange", "exchange-dc"})
 _DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _MATCHER = re.compile(r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*$')
 
 
@@ -60,8 +61,6 @@ class PrometheusSettings:
     timeout: float = 10.0
     lookback: str = "10m"
     changes_window: str = "24h"
-    # no secrets here, only where they are; the url is checked to carry no user:password
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def check_settings(settings: PrometheusSettings) -> str | None:
@@ -270,8 +269,6 @@ def build_view(result: list[dict[str, Any]], at: float | None, window_seconds: f
             }
         else:
             seen[what] = number
-        if labels.get("instance"):
-            row["agent"] = labels["instance"]
     now = time.time() if at is None else at
     changes: list[dict[str, Any]] = []
     for key, row in rows.items():
@@ -328,8 +325,11 @@ def build_view(result: list[dict[str, Any]], at: float | None, window_seconds: f
 
 
 def duration_seconds(text: str) -> float:
-    number, unit = re.match(r"^([0-9]+)(ms|s|m|h|d|w)$", text).groups()  # type: ignore[union-attr]
-    return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    """A Prometheus duration checked by check_settings (`10m`) in seconds."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a Prometheus duration")
+    return int(text[: found.start(1)]) * _UNITS[found.group(1)]
 
 
 class PrometheusMesh:
@@ -359,7 +359,7 @@ class PrometheusMesh:
 
     def _auth(self) -> tuple[dict[str, str], tuple[str, str] | None]:
         settings = self.settings
-        headers = dict(settings.headers)
+        headers: dict[str, str] = {}
         auth = None
         try:
             if settings.bearer_token_file:

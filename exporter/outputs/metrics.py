@@ -251,12 +251,3 @@ def respond_gzip(paths: PathExposition, registry: CollectorRegistry) -> tuple[by
 
 def wants_gzip(accept_encoding: str) -> bool:
     return "gzip" in accept_encoding.lower()
-
-
-def respond(
-    paths: PathExposition, registry: CollectorRegistry, accept_encoding: str
-) -> tuple[bytes, dict[str, str]]:
-    """The exposition as the scraper asked for it, in one piece."""
-    if wants_gzip(accept_encoding):
-        return respond_gzip(paths, registry)
-    return render(paths, registry), {"Vary": "Accept-Encoding"}

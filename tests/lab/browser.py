@@ -20,9 +20,9 @@ def chromium() -> str:
     raise RuntimeError("chromium is missing: `make test` installs Debian's chromium package")
 
 
-def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None, height: int = 700) -> str:
-    """The DOM after the page's scripts ran (or a screenshot), from a fresh headless Chromium."""
-    args = [
+def headless(profile: Path, height: int) -> list[str]:
+    """A fresh headless Chromium with its own profile, talking to nothing but the page it is given."""
+    return [
         chromium(),
         "--headless",
         "--no-sandbox",
@@ -32,10 +32,14 @@ def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None, height: 
         "--disable-component-update",
         "--disable-sync",
         "--disable-quic",
-        f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--user-data-dir={profile}",
         f"--window-size=1400,{height}",
-        "--virtual-time-budget=3000",
     ]
+
+
+def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None, height: int = 700) -> str:
+    """The DOM after the page's scripts ran (or a screenshot), from a fresh headless Chromium."""
+    args = [*headless(tmp_path / "chromium", height), "--virtual-time-budget=3000"]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     result = subprocess.run([*args, url], capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -19,7 +19,7 @@ from typing import Any
 
 import websockets
 
-from tests.lab.browser import chromium
+from tests.lab.browser import headless
 
 # key -> (code, windows virtual key code, text typed)
 KEYS = {"Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " "), "Tab": ("Tab", 9, "")}
@@ -36,18 +36,9 @@ class Page:
     async def open(cls, url: str, tmp_path: Path) -> AsyncIterator[Page]:
         proc = subprocess.Popen(
             [
-                chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *headless(tmp_path / "chromium-cdp", 900),
                 "--remote-debugging-port=0",
                 "--remote-debugging-address=127.0.0.1",
-                f"--user-data-dir={tmp_path / 'chromium-cdp'}",
-                "--window-size=1400,900",
                 "about:blank",
             ],
             stderr=subprocess.PIPE,
