@@ -14,8 +14,8 @@ from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.results import ResultTable
-from exporter.state.status import Classification, PathStatus, Status
+from exporter.state.recorder import Recorder
+from exporter.state.tracker import Tracker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,12 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i in range(n)
     ]
-    table = ResultTable(paths)
     exposition = PathExposition()
-    exposition.attach(table)
-    status = PathStatus("k", Status.OPEN, Classification.OK, state_since=1.7e9, last_open=1.7e9)
+    recorder = Recorder(Tracker(), [exposition])
+    recorder.begin_plan(paths)
     for i in range(n):
-        exposition.recorded(i, table.record(i, Outcome(State.OPEN, 0.001, ""), 1.7e9, status))
+        recorder.record(i, Outcome(State.OPEN, 0.001, ""), 1.7e9)
     for round_ in range(args.rounds):
         started = time.perf_counter()
         body = exposition.render_gzip(b"# head\n")
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{took * 1000:.0f} ms, {len(body) / 1e6:.1f} MB"
         )
         for i in range(n):
-            outcome = Outcome(State.OPEN, 0.001 + round_ * 1e-4, "")
-            exposition.recorded(i, table.record(i, outcome, 1.7e9 + round_ + 1, status))
+            recorder.record(i, Outcome(State.OPEN, 0.001 + round_ * 1e-4, ""), 1.7e9 + round_ + 1)
     started = time.perf_counter()
     plain = exposition.render().encode()
     print(f"plain: {(time.perf_counter() - started) * 1000:.0f} ms, {len(plain) / 1e6:.0f} MB")

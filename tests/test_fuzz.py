@@ -28,7 +28,7 @@ from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
-from exporter.state.results import ResultTable
+from exporter.state.recorder import Recorder
 from exporter.text import UNSAFE_CODES
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
@@ -129,10 +129,10 @@ hostile = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40
 def test_any_name_survives_the_exposition_format(target: str, site: str, evidence: str) -> None:
     kind = PathKind.EXCHANGE_EXCHANGE
     path = NetworkPath("src", "s", target, site, "mailbox", 25, "tcp", "smtp", kind, "tcp")
-    table = ResultTable([path])
     lines = PathExposition()
-    lines.attach(table)
-    lines.recorded(0, table.record(0, Outcome(State.REFUSED, 0.01, evidence), 1_700_000_000.0))
+    recorder = Recorder(None, [lines])
+    recorder.begin_plan([path])
+    recorder.record(0, Outcome(State.REFUSED, 0.01, evidence), 1_700_000_000.0)
     families = {f.name: f for f in text_string_to_metric_families(lines.render())}
     sample = families["exchange_path_up"].samples[0]
     assert sample.labels["target"] == target and sample.labels["target_site"] == site

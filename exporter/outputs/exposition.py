@@ -1,11 +1,13 @@
-"""The per-path part of the Prometheus exposition, rendered incrementally: a listener of the results table.
+"""The per-path part of the Prometheus exposition, rendered from the results table's columns: a listener
+of the table that only counts what changed.
 
-Rendering 100k paths x 9 series with prometheus_client takes over a second, so each path keeps its
-exposition lines cached: the state-dependent lines are rebuilt only when the state changes, the two
-numeric lines on every outcome (a couple of f-strings, ~1 us, on the prober's thread). A scrape then only
-joins cached strings, off the probing loop: each family keeps one list of its lines, index-aligned with
-the paths, so a block of the exposition is one C-level join of a slice. A scrape copies the slices it needs
-under a short lock that `recorded` also takes, so it never sees half of a path's update.
+Nothing is rendered while probing: the prober tells `recorded(index, changed)` which parts of a path
+changed, and that bumps a version of the path's block (BLOCK paths) in each family it touches. A scrape
+copies the columns it reads (`ResultTable.snapshot`, a few memcpy under the table's lock, so one path's
+lines never mix two probes) and renders each family a block at a time. The gzip exposition keeps every
+block's compressed piece and renders and recompresses only the blocks whose version moved since the
+last scrape: the state families rarely change, the timestamp families on every probe. A plain scrape
+is a stream of those blocks, made as the client reads them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import STATES, Outcome, State
-from exporter.state.results import PathResult, ResultTable
-from exporter.state.status import Classification, PathStatus
+from exporter.state.results import (
+    CHANGED_DETAILS,
+    CHANGED_LAST_OPEN,
+    CHANGED_STATE,
+    CHANGED_STATUS,
+    ResultTable,
+    Snapshot,
+)
+from exporter.state.status import BLOCKED as S_BLOCKED
+from exporter.state.status import NEWLY as S_NEWLY
+from exporter.state.status import NOT_LISTENING as S_NOT_LISTENING
+from exporter.state.status import PENDING
 
 BLOCK = 4096  # paths per compressed piece
 
@@ -107,27 +119,6 @@ def label_string(path: NetworkPath) -> str:
     return text
 
 
-def _status_lines(labels: str, status: PathStatus | None) -> tuple[str, str, str, str, str]:
-    if status is None:
-        return "", "", "", "", ""
-    is_blocked = status.blocked
-    is_new = is_blocked and status.classification is Classification.NEWLY_BLOCKED
-    since = last_open = silent = ""
-    if status.not_listening:
-        silent = f"exchange_path_not_listening{{{labels}}} 1\n"
-    if status.state_since is not None:
-        since = f"exchange_path_state_since_timestamp_seconds{{{labels}}} {status.state_since:.3f}\n"
-    if status.last_open is not None:
-        last_open = f"exchange_path_last_open_timestamp_seconds{{{labels}}} {status.last_open:.3f}\n"
-    return (
-        f"exchange_path_blocked{{{labels}}} {1 if is_blocked else 0}\n",
-        f"exchange_path_newly_blocked{{{labels}}} {1 if is_new else 0}\n",
-        since,
-        last_open,
-        silent,
-    )
-
-
 def protocol_health(check: str, outcome: Outcome) -> list[tuple[str, int]]:
     """(check label, 1|0) for exchange_protocol_up: one per sub-check the probe reported (each health
     page of https-health), else one for the check itself."""
@@ -136,8 +127,8 @@ def protocol_health(check: str, outcome: Outcome) -> list[tuple[str, int]]:
     return [(check, 1 if outcome.state is State.OPEN and outcome.protocol_ok else 0)]
 
 
-def _number(value: float) -> str:
-    if math.isnan(value):
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
         return "NaN"
     return repr(float(value))
 
@@ -154,87 +145,115 @@ def _compressors() -> ThreadPoolExecutor:
         return _pool
 
 
-def _piece(item: tuple[int, int, int, list[str]]) -> tuple[tuple[int, int], tuple[int, Piece]]:
-    number, block, version, lines = item
-    return (number, block), (version, Piece("".join(lines).encode("utf-8")))
+def _piece(item: tuple[tuple[int, int], int, str]) -> tuple[tuple[int, int], tuple[int, Piece]]:
+    key, version, text = item
+    return key, (version, Piece(text.encode("utf-8")))
 
 
-class _PlanLines:
-    """One plan's cached lines: per family, each path's current lines ("" when it has none)."""
+#: a path's exchange_path_state lines in each state, as the pieces between its label strings: one
+#: `labels.join(pieces)` makes all six
+_STATE_PIECES = {
+    state: (
+        "exchange_path_state{",
+        *(f',state="{s.value}"}} {1 if s is state else 0}\nexchange_path_state{{' for s in STATES[:-1]),
+        f',state="{STATES[-1].value}"}} {1 if STATES[-1] is state else 0}\n',
+    )
+    for state in STATES
+}
+_NAMES = [name for name, _kind, _help in FAMILIES]
 
-    def __init__(self, paths: list[NetworkPath]) -> None:
-        self.paths = paths
-        self.labels = [label_string(p) for p in paths]
-        self.lines: list[list[str]] = [[""] * len(paths) for _ in FAMILIES]
-        self.state_cache: list[tuple[State, str, str] | None] = [None] * len(paths)
-        # per family and block of BLOCK paths: a version bumped whenever one of its lines changes, and
-        # the compressed piece made at some version (see render_gzip)
-        blocks = (len(paths) + BLOCK - 1) // BLOCK
+
+def _render(number: int, plan: _PlanBlocks, snap: Snapshot, start: int, stop: int) -> str:
+    """Family `number`'s lines of paths start..stop, from the snapshot's columns."""
+    labels, outcomes = plan.labels[start:stop], snap.outcomes[start:stop]
+    rows = zip(labels, outcomes, strict=True)
+    name = _NAMES[number]
+    if number == UP:
+        return "".join([f"{name}{{{lab}}} {1 if o.state is State.OPEN else 0}\n" for lab, o in rows if o])
+    if number == STATE:
+        return "".join([lab.join(_STATE_PIECES[o.state]) for lab, o in rows if o])
+    if number == RTT:
+        return "".join([f"{name}{{{lab}}} {_number(o.rtt)}\n" for lab, o in rows if o])
+    if number == TS:
+        walls = snap.wall[start:stop]
+        return "".join([f"{name}{{{lab}}} {w:.3f}\n" for (lab, o), w in zip(rows, walls, strict=True) if o])
+    if number == PROTOCOL:
+        return "".join(
+            f'{name}{{{lab},check="{escape_label(check)}"}} {value}\n'
+            for (lab, o), p in zip(rows, plan.paths[start:stop], strict=True)
+            if o and p.check != "tcp"
+            for check, value in protocol_health(p.check, o)
+        )
+    if number == CERT:
+        return "".join(
+            _cert_line(p, o.cert_expiry)
+            for o, p in zip(outcomes, plan.paths[start:stop], strict=True)
+            if o and o.cert_expiry is not None
+        )
+    status, classification = snap.status, snap.classification
+    if status is None or classification is None or snap.since is None or snap.last_open is None:
+        return ""  # no tracker: no status
+    # a path has status lines once probed here, or when a status is remembered for it
+    shown = [(lab, i) for i, (lab, o) in enumerate(rows, start) if o or status[i] != PENDING]
+    if number in (BLOCKED, NEWLY, NOT_LISTENING):
+        blocked = [(lab, status[i] == S_BLOCKED, classification[i]) for lab, i in shown]
+        if number == BLOCKED:  # by the network: a port nobody listens on is not
+            return "".join([f"{name}{{{lab}}} {int(b and c != S_NOT_LISTENING)}\n" for lab, b, c in blocked])
+        if number == NEWLY:
+            return "".join([f"{name}{{{lab}}} {int(b and c == S_NEWLY)}\n" for lab, b, c in blocked])
+        return "".join([f"{name}{{{lab}}} 1\n" for lab, b, c in blocked if b and c == S_NOT_LISTENING])
+    times = snap.since if number == SINCE else snap.last_open
+    return "".join([f"{name}{{{lab}}} {times[i]:.3f}\n" for lab, i in shown if times[i] == times[i]])
+
+
+def _cert_line(path: NetworkPath, expiry: float) -> str:
+    where = f',family="{path.family}"' if path.family else ""
+    where += f',endpoint="{escape_label(path.endpoint)}"' if path.endpoint else ""
+    return (
+        f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
+        f'port="{path.port}",service="{escape_label(path.service)}"{where}}} {expiry:.0f}\n'
+    )
+
+
+#: the families each CHANGED_* bit of `recorded` touches (connect time and probe time: every probe)
+_TOUCHED = {
+    changed: (
+        RTT,
+        TS,
+        *((UP, STATE) if changed & CHANGED_STATE else ()),
+        *((BLOCKED, NEWLY, SINCE, NOT_LISTENING) if changed & CHANGED_STATUS else ()),
+        *((LAST_OPEN,) if changed & CHANGED_LAST_OPEN else ()),
+        *((PROTOCOL,) if changed & (CHANGED_STATE | CHANGED_DETAILS) else ()),
+        *((CERT,) if changed & CHANGED_DETAILS else ()),
+    )
+    for changed in range(16)
+}
+
+
+class _PlanBlocks:
+    """One plan's label strings, and per family and block of BLOCK paths a version (bumped whenever
+    one of its lines may have changed) and the compressed piece last made of it."""
+
+    def __init__(self, table: ResultTable) -> None:
+        self.table = table
+        self.paths = table.paths
+        self.labels = [label_string(p) for p in self.paths]
+        blocks = (len(self.paths) + BLOCK - 1) // BLOCK
         self.versions = [[0] * blocks for _ in FAMILIES]
         self.pieces: dict[tuple[int, int], tuple[int, Piece]] = {}
-        self.lock = threading.Lock()  # recorded/seeded vs a scrape's snapshot: a path's lines move together
 
-    def set(self, index: int, new: tuple[str, ...]) -> None:
+    def touch(self, index: int, changed: int) -> None:
         block = index // BLOCK
-        lines, versions = self.lines, self.versions
-        with self.lock:
-            for number, line in enumerate(new):
-                if lines[number][index] != line:
-                    lines[number][index] = line
-                    versions[number][block] += 1
-
-    def result_lines(self, index: int, result: PathResult) -> tuple[str, ...]:
-        outcome, labels = result.outcome, self.labels[index]
-        cached = self.state_cache[index]
-        if cached is None or cached[0] is not outcome.state:
-            up = f"exchange_path_up{{{labels}}} {1 if outcome.state is State.OPEN else 0}\n"
-            states = "".join(
-                f'exchange_path_state{{{labels},state="{s.value}"}} {1 if s is outcome.state else 0}\n'
-                for s in STATES
-            )
-            cached = (outcome.state, up, states)
-            self.state_cache[index] = cached
-        rtt = outcome.rtt if outcome.rtt is not None else math.nan
-        blocked, newly, since, last_open, silent = _status_lines(labels, result.status)
-        path = self.paths[index]
-        protocol = cert = ""
-        if path.check != "tcp":
-            protocol = "".join(
-                f'exchange_protocol_up{{{labels},check="{escape_label(check)}"}} {value}\n'
-                for check, value in protocol_health(path.check, outcome)
-            )
-        if outcome.cert_expiry is not None:
-            where = f',family="{path.family}"' if path.family else ""
-            where += f',endpoint="{escape_label(path.endpoint)}"' if path.endpoint else ""
-            cert = (
-                f'exchange_tls_cert_expiry_timestamp_seconds{{target="{escape_label(path.target)}",'
-                f'port="{path.port}",service="{escape_label(path.service)}"{where}}} '
-                f"{outcome.cert_expiry:.0f}\n"
-            )
-        return (
-            cached[1],
-            cached[2],
-            f"exchange_path_connect_seconds{{{labels}}} {_number(rtt)}\n",
-            f"exchange_path_last_probe_timestamp_seconds{{{labels}}} {result.wall:.3f}\n",
-            blocked,
-            newly,
-            since,
-            last_open,
-            silent,
-            protocol,
-            cert,
-        )
-
-    def seed_lines(self, index: int, status: PathStatus) -> tuple[str, ...]:
-        blocked, newly, since, last_open, silent = _status_lines(self.labels[index], status)
-        return ("", "", "", "", blocked, newly, since, last_open, silent, "", "")
+        versions = self.versions
+        for number in _TOUCHED[changed & 15]:
+            versions[number][block] += 1
 
 
 class PathExposition:
     """The per-path families of /metrics, kept up to date from the results as they are recorded."""
 
     def __init__(self) -> None:
-        self._plan = _PlanLines([])
+        self._plan = _PlanBlocks(ResultTable([]))
         self._joined: tuple[PathExposition, ...] = ()
 
     def join(self, others: Iterable[PathExposition]) -> None:
@@ -244,26 +263,16 @@ class PathExposition:
 
     # ---- ResultListener (the prober's thread) ------------------------------------------------------
     def attach(self, table: ResultTable) -> None:
-        plan = _PlanLines(table.paths)
-        for index, result in enumerate(table.results()):
-            if result is not None:  # re-rendered, so the cached lines carry the new plan's labels
-                plan.set(index, plan.result_lines(index, result))
-        for index, status in table.seeds.items():
-            plan.set(index, plan.seed_lines(index, status))
-        self._plan = plan
+        self._plan = _PlanBlocks(table)
 
-    def recorded(self, index: int, result: PathResult) -> None:
-        plan = self._plan
-        plan.set(index, plan.result_lines(index, result))
-
-    def seeded(self, index: int, status: PathStatus) -> None:
-        plan = self._plan
-        plan.set(index, plan.seed_lines(index, status))
+    def recorded(self, index: int, changed: int) -> None:
+        self._plan.touch(index, changed)
 
     # ---- scrapes (any thread) ----------------------------------------------------------------------
     def render_gzip(self, head: bytes) -> bytes:
-        """`head` + render() as one gzip member, recompressing only the blocks whose lines changed since
-        the last scrape (the state-dependent families rarely change; timestamps always do)."""
+        """`head` + render() as one gzip member, re-rendering and recompressing only the blocks whose
+        lines changed since the last scrape (the state-dependent families rarely change; timestamps
+        always do)."""
         parts = [one._family_pieces() for one in (self, *self._joined)]
         pieces = [Piece(head)]
         for number, (name, kind, help_text) in enumerate(FAMILIES):
@@ -274,21 +283,26 @@ class PathExposition:
         return assemble(pieces)
 
     def _family_pieces(self) -> list[list[Piece]]:
-        """Each family's compressed blocks of this plan, the changed ones recompressed."""
+        """Each family's compressed blocks of this plan, the changed ones re-rendered and recompressed."""
         plan = self._plan
-        changed: list[tuple[int, int, int, list[str]]] = []  # (family, block, version, its lines)
-        with plan.lock:  # copies references only: the prober waits a millisecond or two at most
-            for number, family_versions in enumerate(plan.versions):
-                lines = plan.lines[number]
-                for block, version in enumerate(family_versions):
-                    cached = plan.pieces.get((number, block))
-                    if cached is None or cached[0] != version:
-                        changed.append((number, block, version, lines[block * BLOCK : (block + 1) * BLOCK]))
+        # versions first, then the values: a line written after the snapshot bumps its block past the
+        # version its piece is kept under, so the next scrape renders it again
+        versions = [list(family) for family in plan.versions]
+        snap = plan.table.snapshot()
+        n = len(plan.paths)
+        changed: list[tuple[tuple[int, int], int, str]] = []
+        for number, family_versions in enumerate(versions):
+            for block, version in enumerate(family_versions):
+                cached = plan.pieces.get((number, block))
+                if cached is None or cached[0] != version:
+                    start = block * BLOCK
+                    text = _render(number, plan, snap, start, min(start + BLOCK, n))
+                    changed.append(((number, block), version, text))
         # zlib releases the GIL while it compresses: the changed blocks are compressed on all cores
         built = _compressors().map(_piece, changed) if len(changed) > 1 else map(_piece, changed)
         for key, value in built:
             plan.pieces[key] = value
-        blocks = len(plan.versions[0]) if plan.versions else 0
+        blocks = len(versions[0]) if versions else 0
         return [
             [plan.pieces[(number, block)][1] for block in range(blocks)] for number in range(len(FAMILIES))
         ]
@@ -299,22 +313,18 @@ class PathExposition:
 
     def render_blocks(self) -> Iterator[bytes]:
         """render(), as a sequence of small byte strings: each a family's header or BLOCK paths' lines of
-        it. Each piece is made when it is asked for, so a plain scrape of 100k paths is a stream of
-        short steps (a thread serving it lets the probing thread run between them), never one
-        300 MB join holding the interpreter."""
-        snapshot: list[list[str]] = [[] for _ in FAMILIES]
-        for one in (self, *self._joined):
-            plan = one._plan
-            with plan.lock:  # one consistent moment: a path's lines move together
-                for number, lines in enumerate(plan.lines):
-                    snapshot[number] += lines
-        for (name, kind, help_text), lines in zip(FAMILIES, snapshot, strict=True):
+        it, rendered when it is asked for, so a plain scrape of 100k paths is a stream of short steps (a
+        thread serving it lets the probing thread run between them), never one 300 MB string."""
+        plans = [(one._plan, one._plan.table.snapshot()) for one in (self, *self._joined)]
+        for number, (name, kind, help_text) in enumerate(FAMILIES):
             header = False
-            for start in range(0, len(lines), BLOCK):
-                body = "".join(lines[start : start + BLOCK])
-                if not body:
-                    continue
-                if not header:
-                    header = True
-                    yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
-                yield body.encode("utf-8")
+            for plan, snap in plans:
+                n = len(plan.paths)
+                for start in range(0, n, BLOCK):
+                    body = _render(number, plan, snap, start, min(start + BLOCK, n))
+                    if not body:
+                        continue
+                    if not header:
+                        header = True
+                        yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
+                    yield body.encode("utf-8")

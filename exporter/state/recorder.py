@@ -16,9 +16,15 @@ from exporter.engine.locator import Locator
 from exporter.plan.planner import NetworkPath
 from exporter.probes.locate import Location
 from exporter.probes.outcome import Outcome, State
-from exporter.state.results import ResultListener, ResultTable
-from exporter.state.status import Status, path_key
-from exporter.state.tracker import Tracker, Verdict
+from exporter.state.results import (
+    CHANGED_LAST_OPEN,
+    CHANGED_STATUS,
+    ResultListener,
+    ResultTable,
+    changes,
+)
+from exporter.state.status import BLOCKED, NOT_LISTENING, OPEN, path_key
+from exporter.state.tracker import LAST_OPEN_CHANGED, STATUS_CHANGED, Tracker, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +55,12 @@ class Recorder:
         """A new plan: its table carries the results of the paths it keeps; paths never probed in this
         process show their remembered status (so a restart does not make a blocked path's series vanish
         and its page resolve and fire again)."""
-        table = ResultTable(paths, previous=self.table)
         tracker = self.tracker
+        statuses = None
         if tracker is not None:
-            tracker.set_plan(table.paths)
-            for index in range(len(table)):
-                table.seed(index, tracker.view(index))
+            tracker.set_plan(paths)
+            statuses = tracker.columns
+        table = ResultTable(paths, previous=self.table, statuses=statuses)
         for listener in self.listeners:
             listener.attach(table)
         self.table = table
@@ -62,29 +68,33 @@ class Recorder:
     def record(self, index: int, outcome: Outcome, wall: float) -> bool:
         """Fold one outcome in; True when the path should be confirmed soon (it just stopped answering,
         or a blocked path answered)."""
-        tracker = self.tracker
-        status = None
-        if tracker is not None:
-            tracker.observe(index, outcome, wall)
-            status = tracker.view(index)
-        result = self.table.record(index, outcome, wall, status)
+        tracker, table = self.tracker, self.table
+        state = outcome.state
+        with table.lock:
+            changed = changes(table.record(index, outcome, wall), outcome)
+            if tracker is not None:
+                moved = tracker.observe_at(index, outcome, wall)
+                if moved & STATUS_CHANGED:
+                    changed |= CHANGED_STATUS
+                if moved & LAST_OPEN_CHANGED:
+                    changed |= CHANGED_LAST_OPEN
         for listener in self.listeners:
-            listener.recorded(index, result)
-        if status is None or tracker is None:
+            listener.recorded(index, changed)
+        if tracker is None:
             return False
+        c = tracker.columns
+        status = c.status[index]
         locator = self.locator
         if locator is not None:
-            if status.status is Status.BLOCKED and outcome.state.is_block:
+            if status == BLOCKED and state.is_block:
                 # a port nobody listens on is located once (a device's reset there is a violation);
                 # a block by the network again every `every` while it lasts
-                locator.request(self.table.paths[index], outcome.state, again=status.blocked)
-            elif status.status is Status.OPEN:
-                locator.forget(self.table.paths[index])
-        return (
-            status.status is Status.OPEN
-            and outcome.state.is_block
-            and status.consecutive_non_open < tracker.k
-        ) or (status.status is Status.BLOCKED and outcome.state is State.OPEN)
+                locator.request(table.paths[index], state, again=c.classification[index] != NOT_LISTENING)
+            elif status == OPEN:
+                locator.forget(table.paths[index])
+        return (status == OPEN and state.is_block and c.non_open[index] < tracker.k) or (
+            status == BLOCKED and state is State.OPEN
+        )
 
     def open_port(self, path: NetworkPath) -> int | None:
         """A TCP port of the same target (and family) that answered last: its distance in hops. One pass
@@ -93,8 +103,9 @@ class Recorder:
         now = time.monotonic()
         if self._open_ports is None or now - self._open_ports[0] > OPEN_PORTS_FOR:
             ports: dict[tuple[str, str, str], int] = {}
-            for other, result in self.table.items():
-                if result is not None and result.outcome.state is State.OPEN and other.proto == "tcp":
+            table = self.table
+            for other, outcome in zip(table.paths, table.outcomes[:], strict=True):
+                if outcome is not None and outcome.state is State.OPEN and other.proto == "tcp":
                     ports.setdefault((other.target, other.family, other.endpoint), other.port)
             self._open_ports = (now, ports)
         return self._open_ports[1].get((path.target, path.family, path.endpoint))
@@ -102,7 +113,12 @@ class Recorder:
     def _located(self, path: NetworkPath, location: Location) -> None:
         """A device in the path reset it: not a port nobody listens on, but a firewall (a violation)."""
         if location.by_device and self.tracker is not None:
-            self.tracker.answered_by_device(path_key(path))
+            table = self.table
+            with table.lock:
+                index = self.tracker.answered_by_device(path_key(path))
+            if index is not None and index < len(table) and table.paths[index].key == path.key:
+                for listener in self.listeners:
+                    listener.recorded(index, CHANGED_STATUS)
 
     @property
     def ready(self) -> bool:

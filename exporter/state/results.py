@@ -1,12 +1,17 @@
 """The live results table: what each path of the current plan last did, and its hysteresis status.
 
-One table per plan, index-aligned with the plan's paths (the engine reports by index). A new plan's table
-carries over the results of the paths it keeps. Listeners (the Prometheus exposition) are told of every
-result as it is recorded, so what they derive from it is never rebuilt from the whole table.
+One table per plan, index-aligned with the plan's paths (the engine reports by index). A probe writes two
+slots in place: the path's Outcome (the object the probe returned) and the time it was recorded; the
+hysteresis status lives in the tracker's StatusColumns of the same plan. A reader gets a PathResult made
+when it asks. A new plan's table carries over the results of the paths it keeps. Listeners (the
+Prometheus exposition) are told which parts of a path changed as each result is recorded, and read the
+values themselves from a `snapshot()` when they need them.
 """
 
 from __future__ import annotations
 
+import threading
+from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +19,7 @@ from typing import Protocol
 
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome
-from exporter.state.status import PathStatus, Status
+from exporter.state.status import PathStatus, StatusColumns
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,64 +31,133 @@ class PathResult:
     status: PathStatus | None = None  # None when no tracker runs (`check`)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The table's columns copied at one moment: a path's outcome and status always belong together."""
+
+    outcomes: list[Outcome | None]
+    wall: array[float]
+    status: bytes | None  # the StatusColumns slots the exposition reads; None without a tracker
+    classification: bytes | None
+    since: array[float] | None
+    last_open: array[float] | None
+
+
 class ResultListener(Protocol):
     """Something that follows the results as they come (the exposition). Called on the prober's thread."""
 
     def attach(self, table: ResultTable) -> None:
         """A new plan's table replaces the previous one (it already holds the carried-over results)."""
 
-    def recorded(self, index: int, result: PathResult) -> None:
-        """Path `index` of the attached table has a new result."""
+    def recorded(self, index: int, changed: int) -> None:
+        """Path `index` of the attached table has a new result; `changed` is a mask of CHANGED_* bits."""
 
-    def seeded(self, index: int, status: PathStatus) -> None:
-        """Path `index` has a remembered status (from the baseline) and no result yet in this process."""
+
+#: what a recorded result changed, for listeners: the state, the status (status, classification or
+#: since), the last-open time, the protocol facts (protocol_ok, sub-checks, certificate expiry); the
+#: probe time and connect time change every time
+CHANGED_STATE = 1
+CHANGED_STATUS = 2
+CHANGED_LAST_OPEN = 4
+CHANGED_DETAILS = 8
+
+
+def changes(previous: Outcome | None, outcome: Outcome) -> int:
+    """The CHANGED_STATE and CHANGED_DETAILS bits between a path's previous outcome and its new one."""
+    if previous is None:
+        return CHANGED_STATE | CHANGED_DETAILS
+    changed = 0 if previous.state is outcome.state else CHANGED_STATE
+    if (
+        previous.protocol_ok is not outcome.protocol_ok
+        or previous.cert_expiry != outcome.cert_expiry
+        or previous.subchecks != outcome.subchecks
+    ):
+        changed |= CHANGED_DETAILS
+    return changed
 
 
 class ResultTable:
     """Results for a fixed list of paths (a new plan makes a new table)."""
 
-    def __init__(self, paths: Sequence[NetworkPath], previous: ResultTable | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[NetworkPath],
+        previous: ResultTable | None = None,
+        statuses: StatusColumns | None = None,
+    ) -> None:
         self.paths = list(paths)
-        self._results: list[PathResult | None] = [None] * len(self.paths)
-        #: remembered statuses of paths not yet probed in this process (exported until their first probe)
-        self.seeds: dict[int, PathStatus] = {}
+        n = len(self.paths)
+        self.outcomes: list[Outcome | None] = [None] * n
+        self.wall = array("d", [0.0]) * n
+        #: the tracker's records of the same plan (index-aligned), or None when no tracker runs
+        self.statuses = statuses
         self.probed = 0  # paths with at least one result
         self.kinds = Counter(p.kind.value for p in self.paths)  # paths by kind, for exchange_paths
+        #: held while a path's outcome and status are written (by the recorder) or copied (snapshot)
+        self.lock = threading.Lock()
         if previous is not None:
-            carried = {p.key: r for p, r in previous.items() if r is not None}
+            carried = {
+                p.key: i
+                for i, (p, outcome) in enumerate(zip(previous.paths, previous.outcomes, strict=True))
+                if outcome
+            }
             for index, path in enumerate(self.paths):
                 old = carried.get(path.key)
                 if old is not None:
-                    self._results[index] = old
+                    self.outcomes[index] = previous.outcomes[old]
+                    self.wall[index] = previous.wall[old]
                     self.probed += 1
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def record(
-        self, index: int, outcome: Outcome, wall: float, status: PathStatus | None = None
-    ) -> PathResult:
-        result = PathResult(outcome, wall, status)
-        if self._results[index] is None:
+    def record(self, index: int, outcome: Outcome, wall: float) -> Outcome | None:
+        """Store path `index`'s outcome; returns the one it replaces. Callers that also write the
+        path's status hold `lock` around both."""
+        previous = self.outcomes[index]
+        if previous is None:
             self.probed += 1
-            self.seeds.pop(index, None)
-        self._results[index] = result
-        return result
-
-    def seed(self, index: int, status: PathStatus) -> bool:
-        """Remember a path's status from the baseline until it is probed; False when there is nothing to
-        show (pending) or the path already has a result."""
-        if status.status is Status.PENDING or self._results[index] is not None:
-            return False
-        self.seeds[index] = status
-        return True
+        self.outcomes[index] = outcome
+        self.wall[index] = wall
+        return previous
 
     def result(self, index: int) -> PathResult | None:
-        return self._results[index]
+        outcome = self.outcomes[index]
+        if outcome is None:
+            return None
+        with self.lock:
+            outcome, wall = self.outcomes[index], self.wall[index]
+            status = self.statuses.record(index) if self.statuses is not None else None
+        assert outcome is not None
+        return PathResult(outcome, wall, status)
 
     def results(self) -> list[PathResult | None]:
-        """A copy of the current results, index-aligned with `paths`."""
-        return list(self._results)
+        """The current results, index-aligned with `paths`."""
+        return [self.result(index) for index in range(len(self.paths))]
 
     def items(self) -> Iterator[tuple[NetworkPath, PathResult | None]]:
-        return zip(self.paths, self.results(), strict=True)
+        for index, path in enumerate(self.paths):
+            yield path, self.result(index)
+
+    def status(self, index: int) -> PathStatus | None:
+        """Path `index`'s hysteresis record (a remembered one before its first probe here)."""
+        if self.statuses is None:
+            return None
+        with self.lock:
+            return self.statuses.record(index)
+
+    def snapshot(self) -> Snapshot:
+        """Every column a scrape renders, copied under the lock (a few memcpy: a millisecond or two at
+        100k paths), so one path's lines never mix two probes."""
+        with self.lock:
+            statuses = self.statuses
+            if statuses is None:
+                return Snapshot(self.outcomes[:], self.wall[:], None, None, None, None)
+            return Snapshot(
+                self.outcomes[:],
+                self.wall[:],
+                bytes(statuses.status),
+                bytes(statuses.classification),
+                statuses.since[:],
+                statuses.last_open[:],
+            )

@@ -16,24 +16,46 @@ Rules, in one place:
   Exchange-DC) path is open. Any blocked required path: not compliant. Otherwise unknown (None) while a
   required path is pending or its last `k` probes were all our own errors, or when nothing is required.
 
-`observe()` runs on the prober's thread and does no SQL: it replaces one immutable record and stages it
-in the store. Readers on other threads (`view`, `statuses`, `verdict`) take no lock and always see whole
-records.
+`observe()` runs on the prober's thread and does no SQL: it overwrites the path's slots in the plan's
+StatusColumns in place (no object per probe) and stages a PathStatus in the store only when the record
+changed in a way that matters after a restart (or hourly). Readers on other threads (`view`, `statuses`,
+`verdict`) take the lock for a moment, or copy the columns they need under it, and so see whole records.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
 from exporter.state.baseline import Baseline
-from exporter.state.status import Classification, PathStatus, Status, Transition, path_key
+from exporter.state.status import (
+    BLOCKED,
+    CLASSIFICATIONS,
+    NEVER_OPEN,
+    NEWLY,
+    NOT_LISTENING,
+    OK,
+    OPEN,
+    PENDING,
+    RECOVERED,
+    STATE_CODE,
+    STATUSES,
+    Classification,
+    PathStatus,
+    Status,
+    StatusColumns,
+    Transition,
+    path_key,
+)
 
 __all__ = [
+    "LAST_OPEN_CHANGED",
+    "STATUS_CHANGED",
     "TRANSITIONS",
     "Classification",
     "PathStatus",
@@ -62,6 +84,11 @@ TRANSITIONS: tuple[tuple[Status, Status], ...] = (
 
 _OWN_ERRORS = frozenset({State.LOCAL_ERROR, State.DNS_ERROR})
 
+#: what observe_at reports changed in a record: its status, classification or since (the exposition's
+#: status lines), and its last-open time (every open probe)
+STATUS_CHANGED = 1
+LAST_OPEN_CHANGED = 2
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -82,7 +109,12 @@ class Verdict:
 
 
 class Tracker:
-    """The hysteresis state of every path, kept in a Baseline, and the verdict over the current plan."""
+    """The hysteresis state of every path, kept in a Baseline, and the verdict over the current plan.
+
+    The planned paths' records live in StatusColumns (one slot per path, overwritten in place by each
+    probe); records of paths outside the plan (remembered from the store, or departed within the grace
+    period) stay whole PathStatus values, keyed by path_key.
+    """
 
     def __init__(
         self,
@@ -103,20 +135,16 @@ class Tracker:
         self.recovered_for = recovered_for
         self._clock = clock  # monotonic: only for in-process durations (the grace period)
 
-        self._records: dict[str, PathStatus] = self.store.load()
-        # wall time each record was last staged, to re-save unchanged records only every REFRESH
-        self._saved_at: dict[str, float] = {
-            key: status.last_probe or 0.0 for key, status in self._records.items()
-        }
-        self._plan: dict[str, NetworkPath] = {}  # for membership
-        self._plan_items: list[
-            tuple[str, NetworkPath]
-        ] = []  # in plan order, index-aligned with observe(index)
-        self._plan_keys: list[str] = []
+        self._cols = StatusColumns([])  # the plan's records, index-aligned with `_paths`
+        self._paths: list[NetworkPath] = []
+        self._index: dict[str, int] = {}  # key -> index in the plan
+        self._loose: dict[str, PathStatus] = self.store.load()  # records of paths outside the plan
+        #: wall time each loose record was last staged in the store (a planned one's is a column)
+        self._loose_saved = {key: status.last_probe or 0.0 for key, status in self._loose.items()}
         self._plan_set = False
         self._unplanned: dict[str, float] = {}  # key -> clock() when it left the plan
         self._counts: dict[tuple[Status, Status], int] = dict.fromkeys(TRANSITIONS, 0)
-        self._lock = threading.Lock()  # serialises writers; readers need none
+        self._lock = threading.Lock()  # serialises writers, and readers that need a whole record
 
     # ---- the plan ----------------------------------------------------------------------------------
 
@@ -126,27 +154,52 @@ class Tracker:
         Paths that left start their grace period; paths that came back within it keep their history.
         """
         keys = [path_key(p) for p in paths]
-        plan = dict(zip(keys, paths, strict=True))
         now = self._clock()
         with self._lock:
-            for key in self._records:
-                if key not in plan:
+            old, old_index = self._cols, self._index
+            if keys == old.keys:
+                self._paths = list(paths)
+                self._plan_set = True
+                self._expire(now)
+                return
+            index = {key: i for i, key in enumerate(keys)}
+            for key, j in old_index.items():
+                if key not in index:
                     self._unplanned.setdefault(key, now)
-            for key in self._plan:
-                if key not in plan:
-                    self._unplanned.setdefault(key, now)
-            for key in plan:
+                    if old.status[j] != PENDING or old.last_probe[j] == old.last_probe[j]:
+                        self._loose[key] = old.record(j)  # it has a history worth the grace period
+                        self._loose_saved[key] = old.saved_at[j]
+            cols = StatusColumns(keys)
+            for i, key in enumerate(keys):
+                kept = old_index.get(key)
+                if kept is not None:
+                    cols.copy(i, old, kept)
+                else:
+                    remembered = self._loose.pop(key, None)
+                    if remembered is not None:
+                        cols.put(i, remembered)
+                        cols.saved_at[i] = self._loose_saved.pop(key, cols.saved_at[i])
                 self._unplanned.pop(key, None)
-            self._plan_keys = keys
-            self._plan_items = list(zip(keys, paths, strict=True))
-            self._plan = plan
+            for key in self._loose:
+                self._unplanned.setdefault(key, now)
+            self._cols, self._index, self._paths = cols, index, list(paths)
             self._plan_set = True
             self._expire(now)
 
     @property
     def paths(self) -> list[NetworkPath]:
         """The current plan, index-aligned with `observe(index)`."""
-        return [p for _key, p in self._plan_items]
+        return list(self._paths)
+
+    @property
+    def columns(self) -> StatusColumns:
+        """The current plan's records (replaced, never resized, by set_plan)."""
+        return self._cols
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a record is written: a reader holding it sees whole records."""
+        return self._lock
 
     def expire(self) -> list[str]:
         """Drop paths that have been out of the plan longer than the grace period; returns their keys.
@@ -158,8 +211,8 @@ class Tracker:
         gone = [key for key, left in self._unplanned.items() if max(0.0, now - left) >= self.grace]
         for key in gone:
             del self._unplanned[key]
-            self._records.pop(key, None)
-            self._saved_at.pop(key, None)
+            self._loose.pop(key, None)
+            self._loose_saved.pop(key, None)
         if gone:
             self.store.forget(gone)
         return gone
@@ -169,153 +222,204 @@ class Tracker:
     def observe(self, path: str | int, outcome: Outcome, wall: float) -> Transition | None:
         """Fold one probe outcome into the path's record. `path` is a key (see `path_key`) or an index
         into the current plan. Returns the transition it caused, if any."""
-        key = self._plan_keys[path] if isinstance(path, int) else path
         with self._lock:
-            prev = self._records.get(key)
+            index = path if isinstance(path, int) else self._index.get(path)
+            if index is not None:
+                return self._step(self._cols, index, outcome, wall)[1]
+            key = str(path)  # a path outside the plan: its record is a loose one
+            prev = self._loose.get(key)
             if prev is None:
                 prev = PathStatus(key)
-                if self._plan_set and key not in self._plan:
+                if self._plan_set:
                     self._unplanned.setdefault(key, self._clock())  # a late result for a departed path
-            status, transition = self._advance(prev, outcome, wall)
-            self._records[key] = status
-            if transition is not None:
-                self._counts[(transition.from_status, transition.to_status)] += 1
-                self.store.add_change(transition)
-            if self._worth_saving(prev, status) or abs(wall - self._saved_at.get(key, -REFRESH)) >= REFRESH:
-                self._saved_at[key] = wall
-                self.store.put(status)
-        return transition
+            scratch = StatusColumns([key])
+            scratch.put(0, prev)
+            scratch.saved_at[0] = self._loose_saved.get(key, -REFRESH)
+            transition = self._step(scratch, 0, outcome, wall)[1]
+            self._loose[key] = scratch.record(0)
+            self._loose_saved[key] = scratch.saved_at[0]
+            return transition
+
+    def observe_at(self, index: int, outcome: Outcome, wall: float) -> int:
+        """observe() for path `index` of the plan, as the recorder calls it on every probe: returns which
+        parts of the record changed (STATUS_CHANGED, LAST_OPEN_CHANGED bits). Allocates nothing unless
+        the status changes or the record is due to be saved."""
+        with self._lock:
+            return self._step(self._cols, index, outcome, wall)[0]
+
+    def _step(self, c: StatusColumns, i: int, outcome: Outcome, wall: float) -> tuple[int, Transition | None]:
+        """The rules of the module docstring, applied to slot `i` of `c` in place."""
+        state = outcome.state
+        status = prev_status = c.status[i]
+        classification = prev_class = c.classification[i]
+        since = prev_since = c.since[i]
+        if since != since:  # never set (NaN)
+            since = wall
+        prev_non_open, prev_opens, prev_errors = c.non_open[i], c.opens[i], c.errors[i]
+        moved = False
+        changed = 0
+        if state is State.OPEN:
+            opens = prev_opens + 1
+            c.non_open[i], c.opens[i], c.errors[i] = 0, opens, 0
+            if c.first_open[i] != c.first_open[i]:
+                c.first_open[i] = wall
+            c.last_open[i] = wall
+            changed = LAST_OPEN_CHANGED
+            if status == PENDING:
+                status, classification, since = OPEN, OK, wall
+            elif status == BLOCKED and opens >= self.recover:
+                moved = True
+                status, classification, since = OPEN, RECOVERED, wall
+            elif classification == RECOVERED and wall - since >= self.recovered_for:
+                classification = OK
+        elif state.is_block:
+            non_open = prev_non_open + 1
+            c.non_open[i], c.opens[i], c.errors[i] = non_open, 0, 0
+            if status != BLOCKED and non_open >= self.k:
+                moved = True
+                # a clock that went back makes wall - last_open negative: that is "recently", not never
+                last_open = c.last_open[i]
+                seen = last_open == last_open
+                if seen and wall - last_open <= self.retention:
+                    classification = NEWLY
+                elif state is State.REFUSED and not seen:
+                    classification = NOT_LISTENING  # the host answered: nothing listens
+                else:
+                    classification = NEVER_OPEN
+                status, since = BLOCKED, wall
+            elif classification == NOT_LISTENING and state is not State.REFUSED:
+                classification = NEVER_OPEN  # now something drops or rejects it on the way
+        elif state in _OWN_ERRORS:
+            c.errors[i] = prev_errors + 1
+
+        prev_state = c.last_state[i]
+        first_probe = c.last_probe[i] != c.last_probe[i]
+        c.status[i], c.classification[i], c.since[i] = status, classification, since
+        if first_probe:
+            c.first_probe[i] = wall
+        c.last_state[i] = new_state = STATE_CODE[state]
+        c.last_probe[i] = wall
+        c.evidence[i] = outcome.evidence
+        if status != prev_status or classification != prev_class or since != prev_since:
+            changed |= STATUS_CHANGED
+
+        transition = None
+        if moved:
+            transition = Transition(
+                wall,
+                c.keys[i],
+                STATUSES[prev_status],
+                STATUSES[status],
+                CLASSIFICATIONS[classification],
+                outcome.evidence,
+            )
+            self._counts[(transition.from_status, transition.to_status)] += 1
+            self.store.add_change(transition)
+        k, recover = self.k, self.recover
+        # counters matter after a restart only up to their threshold, so a path that stays blocked (or
+        # open) is not rewritten on every probe; an unchanged one is re-saved every REFRESH
+        if (
+            first_probe
+            or changed & STATUS_CHANGED
+            or new_state != prev_state
+            or min(c.non_open[i], k) != min(prev_non_open, k)
+            or min(c.opens[i], recover) != min(prev_opens, recover)
+            or min(c.errors[i], k) != min(prev_errors, k)
+            or abs(wall - c.saved_at[i]) >= REFRESH
+        ):
+            c.saved_at[i] = wall
+            self.store.put(c.record(i))
+        return changed, transition
 
     def record(self, index: int, outcome: Outcome, wall: float) -> None:
         """The engine's sink signature (`Sink.record`), so the tracker can sit beside the PathTable."""
-        self.observe(index, outcome, wall)
+        self.observe_at(index, outcome, wall)
 
-    def answered_by_device(self, key: str) -> None:
+    def answered_by_device(self, key: str) -> int | None:
         """A located device (not the target host) answered for a path read as not listening (a reset by
-        a firewall short of the target): it is blocked by the network after all, never open."""
+        a firewall short of the target): it is blocked by the network after all, never open. Returns the
+        path's index in the plan when its planned record changed."""
         with self._lock:
-            record = self._records.get(key)
-            if record is None or not record.not_listening:
-                return
-            record = replace(record, classification=Classification.NEVER_OPEN)
-            self._records[key] = record
-            self.store.put(record)
-
-    def _advance(
-        self, prev: PathStatus, outcome: Outcome, wall: float
-    ) -> tuple[PathStatus, Transition | None]:
-        state = outcome.state
-        status = prev.status
-        classification = prev.classification
-        since = prev.state_since if prev.state_since is not None else wall
-        first_open, last_open = prev.first_open, prev.last_open
-        non_open, opens, errors = prev.consecutive_non_open, prev.consecutive_open, prev.consecutive_errors
-        moved_from: Status | None = None
-
-        if state is State.OPEN:
-            non_open, opens, errors = 0, opens + 1, 0
-            first_open = first_open if first_open is not None else wall
-            last_open = wall
-            if status is Status.PENDING:
-                status, classification, since = Status.OPEN, Classification.OK, wall
-            elif status is Status.BLOCKED and opens >= self.recover:
-                moved_from = status
-                status, classification, since = Status.OPEN, Classification.RECOVERED, wall
-            elif classification is Classification.RECOVERED and wall - since >= self.recovered_for:
-                classification = Classification.OK
-        elif state.is_block:
-            non_open, opens, errors = non_open + 1, 0, 0
-            if status is not Status.BLOCKED and non_open >= self.k:
-                moved_from = status
-                # a clock that went back makes wall - last_open negative: that is "recently", not never
-                recent = last_open is not None and wall - last_open <= self.retention
-                if recent:
-                    classification = Classification.NEWLY_BLOCKED
-                elif state is State.REFUSED and last_open is None:
-                    classification = Classification.NOT_LISTENING  # the host answered: nothing listens
-                else:
-                    classification = Classification.NEVER_OPEN
-                status, since = Status.BLOCKED, wall
-            elif classification is Classification.NOT_LISTENING and state is not State.REFUSED:
-                classification = Classification.NEVER_OPEN  # now something drops or rejects it on the way
-        elif state in _OWN_ERRORS:
-            errors += 1
-
-        record = PathStatus(
-            key=prev.key,
-            status=status,
-            classification=classification,
-            state_since=since,
-            first_probe=prev.first_probe if prev.first_probe is not None else wall,
-            first_open=first_open,
-            last_open=last_open,
-            last_state=state,
-            last_probe=wall,
-            consecutive_non_open=non_open,
-            consecutive_open=opens,
-            consecutive_errors=errors,
-            evidence=outcome.evidence,
-        )
-        if moved_from is None:
-            return record, None
-        return record, Transition(wall, prev.key, moved_from, status, classification, outcome.evidence)
-
-    def _worth_saving(self, prev: PathStatus, new: PathStatus) -> bool:
-        """Whether the change matters after a restart. Counters matter only up to their threshold, so
-        a path that stays blocked (or open) is not rewritten on every probe."""
-        return (
-            prev.last_probe is None
-            or new.status is not prev.status
-            or new.classification is not prev.classification
-            or new.last_state is not prev.last_state
-            or min(new.consecutive_non_open, self.k) != min(prev.consecutive_non_open, self.k)
-            or min(new.consecutive_open, self.recover) != min(prev.consecutive_open, self.recover)
-            or min(new.consecutive_errors, self.k) != min(prev.consecutive_errors, self.k)
-        )
+            index = self._index.get(key)
+            if index is not None:
+                c = self._cols
+                if c.status[index] != BLOCKED or c.classification[index] != NOT_LISTENING:
+                    return None
+                c.classification[index] = NEVER_OPEN
+                self.store.put(c.record(index))
+                return index
+            record = self._loose.get(key)
+            if record is not None and record.not_listening:
+                record = replace(record, classification=Classification.NEVER_OPEN)
+                self._loose[key] = record
+                self.store.put(record)
+            return None
 
     # ---- reading (any thread) ----------------------------------------------------------------------
 
     def view(self, path: str | int) -> PathStatus:
         """The path's record; a pending one for a path never probed."""
-        key = self._plan_keys[path] if isinstance(path, int) else path
-        return self._records.get(key) or PathStatus(key)
+        with self._lock:
+            index = path if isinstance(path, int) else self._index.get(path)
+            if index is not None:
+                return self._cols.record(index)
+            key = str(path)
+            return self._loose.get(key) or PathStatus(key)
 
     def statuses(self) -> list[tuple[NetworkPath, PathStatus]]:
-        """Every planned path with its record, in plan order (for metrics and the matrix page)."""
-        records = self._records
-        return [(p, records.get(key) or PathStatus(key)) for key, p in self._plan_items]
+        """Every planned path with its record, in plan order (for metrics and the matrix page). Made a
+        block at a time, so the prober never waits long for the lock."""
+        with self._lock:
+            cols, paths = self._cols, self._paths
+        out: list[tuple[NetworkPath, PathStatus]] = []
+        for start in range(0, len(paths), 4096):
+            with self._lock:
+                out += [(paths[i], cols.record(i)) for i in range(start, min(start + 4096, len(paths)))]
+        return out
 
     def verdict(self, source: str | None = None) -> Verdict:
         """The supportability verdict over the planned paths of `source`, or of every source."""
-        return self._judge([(k, p) for k, p in self._plan.items() if source is None or p.source == source])
+        paths, snapshot = self._snapshot()
+        return self._judge(
+            [(i, p) for i, p in enumerate(paths) if source is None or p.source == source], snapshot
+        )
 
     def verdicts(self) -> dict[str, Verdict]:
         """The verdict of each source in the plan."""
-        by_source: dict[str, list[tuple[str, NetworkPath]]] = {}
-        for key, p in self._plan.items():
-            by_source.setdefault(p.source, []).append((key, p))
-        return {source: self._judge(items) for source, items in sorted(by_source.items())}
+        paths, snapshot = self._snapshot()
+        by_source: dict[str, list[tuple[int, NetworkPath]]] = {}
+        for i, p in enumerate(paths):
+            by_source.setdefault(p.source, []).append((i, p))
+        return {source: self._judge(items, snapshot) for source, items in sorted(by_source.items())}
 
-    def _judge(self, items: Iterable[tuple[str, NetworkPath]]) -> Verdict:
-        records = self._records
+    def _snapshot(self) -> tuple[list[NetworkPath], tuple[bytes, bytes, array[int]]]:
+        """The plan and the columns a verdict reads, copied at one moment (a few memcpy)."""
+        with self._lock:
+            c = self._cols
+            return self._paths, (bytes(c.status), bytes(c.classification), c.errors[:])
+
+    def _judge(
+        self, items: Iterable[tuple[int, NetworkPath]], snapshot: tuple[bytes, bytes, array[int]]
+    ) -> Verdict:
+        status, classification, errors = snapshot
         opened = silent = 0
         offending: list[NetworkPath] = []
         undetermined: list[NetworkPath] = []
         observed = False  # required paths seen only from observers: the rule does not apply to them
-        for key, p in items:
+        for i, p in items:
             if not p.required:
                 continue  # Edge and client paths may legitimately be filtered
             if not p.judged:
                 observed = True
                 continue
-            record = records.get(key)
-            if record is None or record.status is Status.PENDING:
+            code = status[i]
+            if code == PENDING:
                 undetermined.append(p)
-            elif record.blocked:
+            elif code == BLOCKED and classification[i] != NOT_LISTENING:
                 offending.append(p)
-            elif record.not_listening:
+            elif code == BLOCKED:
                 silent += 1
-            elif record.consecutive_errors >= self.k:
+            elif errors[i] >= self.k:
                 undetermined.append(p)  # open once, but we have not been able to look for a while
             else:
                 opened += 1
