@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import NetworkPath
@@ -34,7 +35,8 @@ from exporter.state.status import NEWLY as S_NEWLY
 from exporter.state.status import NOT_LISTENING as S_NOT_LISTENING
 from exporter.state.status import PENDING
 
-BLOCK = 4096  # paths per compressed piece
+BLOCK = 1024  # paths per compressed piece
+IN_FLIGHT = 4  # rendered blocks waiting to be compressed, at most
 
 LABELS = ("source", "source_site", "target", "target_site", "target_role", "port", "proto", "service", "kind")
 
@@ -110,13 +112,21 @@ def label_values(path: NetworkPath) -> tuple[str, ...]:
     )
 
 
-def label_string(path: NetworkPath) -> str:
-    values = label_values(path)
-    text = ",".join(f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, values, strict=True))
+#: how many of LABELS (from the start) describe the source and the target host; the rest the port
+_HOST_LABELS = 5
+
+
+def label_parts(path: NetworkPath) -> tuple[str, str]:
+    """The path's label string in two parts: the source and target host (shared by every port of a
+    target), then the port, service and kind (shared by many targets). head + tail is the whole."""
+    pairs = [
+        f'{name}="{escape_label(value)}"' for name, value in zip(LABELS, label_values(path), strict=True)
+    ]
+    tail = ",".join(pairs[_HOST_LABELS:])
     for name, value in zip(OPTIONAL_LABELS, (path.family, path.endpoint), strict=True):
         if value:
-            text += f',{name}="{escape_label(value)}"'
-    return text
+            tail += f',{name}="{escape_label(value)}"'
+    return ",".join(pairs[:_HOST_LABELS]) + ",", tail
 
 
 def protocol_health(check: str, outcome: Outcome) -> list[tuple[str, int]]:
@@ -145,9 +155,8 @@ def _compressors() -> ThreadPoolExecutor:
         return _pool
 
 
-def _piece(item: tuple[tuple[int, int], int, str]) -> tuple[tuple[int, int], tuple[int, Piece]]:
-    key, version, text = item
-    return key, (version, Piece(text.encode("utf-8")))
+def _compress(text: str) -> Piece:
+    return Piece(text.encode("utf-8"))
 
 
 #: a path's exchange_path_state lines in each state, as the pieces between its label strings: one
@@ -165,7 +174,8 @@ _NAMES = [name for name, _kind, _help in FAMILIES]
 
 def _render(number: int, plan: _PlanBlocks, snap: Snapshot, start: int, stop: int) -> str:
     """Family `number`'s lines of paths start..stop, from the snapshot's columns."""
-    labels, outcomes = plan.labels[start:stop], snap.outcomes[start:stop]
+    labels = [head + tail for head, tail in zip(plan.heads[start:stop], plan.tails[start:stop], strict=True)]
+    outcomes = snap.outcomes[start:stop]
     rows = zip(labels, outcomes, strict=True)
     name = _NAMES[number]
     if number == UP:
@@ -237,7 +247,15 @@ class _PlanBlocks:
     def __init__(self, table: ResultTable) -> None:
         self.table = table
         self.paths = table.paths
-        self.labels = [label_string(p) for p in self.paths]
+        # each path's label string as two shared parts: a few thousand strings for 100k paths, not 100k
+        # strings of ~250 characters (25 MiB); a scrape joins them a block at a time
+        shared: dict[str, str] = {}
+        self.heads: list[str] = []
+        self.tails: list[str] = []
+        for path in self.paths:
+            head, tail = label_parts(path)
+            self.heads.append(shared.setdefault(head, head))
+            self.tails.append(shared.setdefault(tail, tail))
         blocks = (len(self.paths) + BLOCK - 1) // BLOCK
         self.versions = [[0] * blocks for _ in FAMILIES]
         self.pieces: dict[tuple[int, int], tuple[int, Piece]] = {}
@@ -290,18 +308,23 @@ class PathExposition:
         versions = [list(family) for family in plan.versions]
         snap = plan.table.snapshot()
         n = len(plan.paths)
-        changed: list[tuple[tuple[int, int], int, str]] = []
+        # rendered here, one block at a time (one Python thread competing with the prober for the
+        # interpreter, never the whole pool); compressed on the pool, where zlib releases the GIL, with at
+        # most IN_FLIGHT rendered blocks waiting, so a cold scrape never holds the whole text at once
+        pool = _compressors()
+        pending: deque[tuple[tuple[int, int], int, Future[Piece]]] = deque()
         for number, family_versions in enumerate(versions):
             for block, version in enumerate(family_versions):
                 cached = plan.pieces.get((number, block))
                 if cached is None or cached[0] != version:
                     start = block * BLOCK
                     text = _render(number, plan, snap, start, min(start + BLOCK, n))
-                    changed.append(((number, block), version, text))
-        # zlib releases the GIL while it compresses: the changed blocks are compressed on all cores
-        built = _compressors().map(_piece, changed) if len(changed) > 1 else map(_piece, changed)
-        for key, value in built:
-            plan.pieces[key] = value
+                    pending.append(((number, block), version, pool.submit(_compress, text)))
+                    while len(pending) > IN_FLIGHT:
+                        key, done_version, piece = pending.popleft()
+                        plan.pieces[key] = (done_version, piece.result())
+        for key, done_version, piece in pending:
+            plan.pieces[key] = (done_version, piece.result())
         blocks = len(versions[0]) if versions else 0
         return [
             [plan.pieces[(number, block)][1] for block in range(blocks)] for number in range(len(FAMILIES))

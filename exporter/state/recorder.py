@@ -23,7 +23,7 @@ from exporter.state.results import (
     ResultTable,
     changes,
 )
-from exporter.state.status import BLOCKED, NOT_LISTENING, OPEN, path_key
+from exporter.state.status import BLOCKED, NOT_LISTENING, OPEN
 from exporter.state.tracker import LAST_OPEN_CHANGED, STATUS_CHANGED, Tracker, Verdict
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ class Recorder:
         """A device in the path reset it: not a port nobody listens on, but a firewall (a violation)."""
         if location.by_device and self.tracker is not None:
             table = self.table
-            with table.lock:
-                index = self.tracker.answered_by_device(path_key(path))
+            index = self.tracker.answered_by_device(path)
             if index is not None and index < len(table) and table.paths[index].key == path.key:
                 for listener in self.listeners:
                     listener.recorded(index, CHANGED_STATUS)

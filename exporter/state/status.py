@@ -12,7 +12,9 @@ from __future__ import annotations
 import enum
 import math
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import State
@@ -91,6 +93,26 @@ def path_key(path: NetworkPath) -> str:
     return "|".join(str(part) for part in path.key)
 
 
+class PlanKeys(Sequence[str]):
+    """The path_key of each path of a plan, made when one is asked for (100k key strings would be
+    ~10 MiB that only a saved record or a transition needs)."""
+
+    def __init__(self, paths: Sequence[NetworkPath]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [path_key(p) for p in self.paths[index]]
+        return path_key(self.paths[index])
+
+
 STATUSES: tuple[Status, ...] = tuple(Status)
 CLASSIFICATIONS: tuple[Classification, ...] = tuple(Classification)
 _STATUS_CODE = {s: n for n, s in enumerate(STATUSES)}
@@ -142,9 +164,9 @@ class StatusColumns:
     )
     __slots__ = ("keys", *COLUMNS)
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: Sequence[str]) -> None:
         n = len(keys)
-        self.keys = keys
+        self.keys = keys  # a plan's are PlanKeys: made when asked for, not kept
         self.status = bytearray(n)  # PENDING is code 0
         self.classification = bytearray(n)  # Classification.PENDING is code 0
         self.last_state = bytearray(n)

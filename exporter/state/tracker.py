@@ -47,6 +47,7 @@ from exporter.state.status import (
     STATUSES,
     Classification,
     PathStatus,
+    PlanKeys,
     Status,
     StatusColumns,
     Transition,
@@ -137,7 +138,6 @@ class Tracker:
 
         self._cols = StatusColumns([])  # the plan's records, index-aligned with `_paths`
         self._paths: list[NetworkPath] = []
-        self._index: dict[str, int] = {}  # key -> index in the plan
         self._loose: dict[str, PathStatus] = self.store.load()  # records of paths outside the plan
         #: wall time each loose record was last staged in the store (a planned one's is a column)
         self._loose_saved = {key: status.last_probe or 0.0 for key, status in self._loose.items()}
@@ -153,23 +153,26 @@ class Tracker:
 
         Paths that left start their grace period; paths that came back within it keep their history.
         """
-        keys = [path_key(p) for p in paths]
+        keys = [path_key(p) for p in paths]  # for this change only: the columns make theirs on demand
         now = self._clock()
         with self._lock:
-            old, old_index = self._cols, self._index
-            if keys == old.keys:
+            old = self._cols
+            old_keys = list(old.keys)
+            if keys == old_keys:
                 self._paths = list(paths)
                 self._plan_set = True
                 self._expire(now)
                 return
             index = {key: i for i, key in enumerate(keys)}
+            old_index = {key: j for j, key in enumerate(old_keys)}
             for key, j in old_index.items():
                 if key not in index:
                     self._unplanned.setdefault(key, now)
                     if old.status[j] != PENDING or old.last_probe[j] == old.last_probe[j]:
                         self._loose[key] = old.record(j)  # it has a history worth the grace period
                         self._loose_saved[key] = old.saved_at[j]
-            cols = StatusColumns(keys)
+            self._paths = list(paths)
+            cols = StatusColumns(PlanKeys(self._paths))
             for i, key in enumerate(keys):
                 kept = old_index.get(key)
                 if kept is not None:
@@ -182,9 +185,17 @@ class Tracker:
                 self._unplanned.pop(key, None)
             for key in self._loose:
                 self._unplanned.setdefault(key, now)
-            self._cols, self._index, self._paths = cols, index, list(paths)
+            self._cols = cols
             self._plan_set = True
             self._expire(now)
+
+    def _find(self, key: str) -> int | None:
+        """The index of the planned path stored under `key` (a scan: only tests and the rare located
+        device reset ask by key; the prober goes by index)."""
+        for index, path in enumerate(self._paths):
+            if path_key(path) == key:
+                return index
+        return None
 
     @property
     def paths(self) -> list[NetworkPath]:
@@ -223,7 +234,7 @@ class Tracker:
         """Fold one probe outcome into the path's record. `path` is a key (see `path_key`) or an index
         into the current plan. Returns the transition it caused, if any."""
         with self._lock:
-            index = path if isinstance(path, int) else self._index.get(path)
+            index = path if isinstance(path, int) else self._find(path)
             if index is not None:
                 return self._step(self._cols, index, outcome, wall)[1]
             key = str(path)  # a path outside the plan: its record is a loose one
@@ -335,19 +346,21 @@ class Tracker:
         """The engine's sink signature (`Sink.record`), so the tracker can sit beside the PathTable."""
         self.observe_at(index, outcome, wall)
 
-    def answered_by_device(self, key: str) -> int | None:
+    def answered_by_device(self, path: NetworkPath) -> int | None:
         """A located device (not the target host) answered for a path read as not listening (a reset by
         a firewall short of the target): it is blocked by the network after all, never open. Returns the
         path's index in the plan when its planned record changed."""
+        paths = self._paths
+        found = next((i for i, p in enumerate(paths) if p.key == path.key), None)  # outside the lock
         with self._lock:
-            index = self._index.get(key)
-            if index is not None:
+            if found is not None and paths is self._paths:
                 c = self._cols
-                if c.status[index] != BLOCKED or c.classification[index] != NOT_LISTENING:
+                if c.status[found] != BLOCKED or c.classification[found] != NOT_LISTENING:
                     return None
-                c.classification[index] = NEVER_OPEN
-                self.store.put(c.record(index))
-                return index
+                c.classification[found] = NEVER_OPEN
+                self.store.put(c.record(found))
+                return found
+            key = path_key(path)
             record = self._loose.get(key)
             if record is not None and record.not_listening:
                 record = replace(record, classification=Classification.NEVER_OPEN)
@@ -360,7 +373,7 @@ class Tracker:
     def view(self, path: str | int) -> PathStatus:
         """The path's record; a pending one for a path never probed."""
         with self._lock:
-            index = path if isinstance(path, int) else self._index.get(path)
+            index = path if isinstance(path, int) else self._find(path)
             if index is not None:
                 return self._cols.record(index)
             key = str(path)
