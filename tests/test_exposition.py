@@ -111,3 +111,36 @@ def test_joined_expositions_render_each_family_once_with_every_agents_lines() ->
     assert text.count("# TYPE exchange_path_up gauge") == 1
     assert 'exchange_path_up{source="src"' in text and 'exchange_path_up{source="other"' in text
     assert gzip.decompress(first.render_gzip(b"# head\n")) == b"# head\n" + text.encode()
+
+
+def test_a_probe_that_confirms_the_state_renders_only_what_every_probe_changes() -> None:
+    """No line is rendered while probing; a probe that finds the same state marks stale only the blocks
+    of the families that change on every probe (connect time, probe time, last open), so a gzip scrape
+    re-renders nothing else. A change of state marks the state and status families too."""
+    lines = PathExposition()
+    recorder = Recorder(Tracker(k=1), [lines])
+    recorder.begin_plan(paths(3))
+    recorder.record(0, Outcome(State.OPEN, 0.001), 1e9)
+
+    def moved_by(outcome: Outcome, wall: float) -> set[str]:
+        before = [list(family) for family in lines._plan.versions]
+        recorder.record(0, outcome, wall)
+        after = lines._plan.versions
+        return {exposition.FAMILIES[n][0] for n, family in enumerate(after) if family != before[n]}
+
+    per_probe = {"exchange_path_connect_seconds", "exchange_path_last_probe_timestamp_seconds"}
+    assert moved_by(Outcome(State.OPEN, 0.002), 1e9 + 30) == per_probe | {
+        "exchange_path_last_open_timestamp_seconds"
+    }
+    assert moved_by(Outcome(State.FILTERED, 2.0), 1e9 + 60) == per_probe | {
+        "exchange_path_up",
+        "exchange_path_state",
+        "exchange_protocol_up",
+        "exchange_path_blocked",
+        "exchange_path_newly_blocked",
+        "exchange_path_state_since_timestamp_seconds",
+        "exchange_path_not_listening",
+    }
+    assert moved_by(Outcome(State.FILTERED, 2.0), 1e9 + 90) == per_probe
+    newly = [line for line in lines.render().splitlines() if line.startswith("exchange_path_newly_blocked{")]
+    assert [line.rsplit(" ", 1)[1] for line in newly if 'target="t0.test"' in line] == ["1"]

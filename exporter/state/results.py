@@ -139,13 +139,6 @@ class ResultTable:
         for index, path in enumerate(self.paths):
             yield path, self.result(index)
 
-    def status(self, index: int) -> PathStatus | None:
-        """Path `index`'s hysteresis record (a remembered one before its first probe here)."""
-        if self.statuses is None:
-            return None
-        with self.lock:
-            return self.statuses.record(index)
-
     def snapshot(self) -> Snapshot:
         """Every column a scrape renders, copied under the lock (a few memcpy: a millisecond or two at
         100k paths), so one path's lines never mix two probes."""

@@ -207,11 +207,6 @@ class Tracker:
         """The current plan's records (replaced, never resized, by set_plan)."""
         return self._cols
 
-    @property
-    def lock(self) -> threading.Lock:
-        """Held while a record is written: a reader holding it sees whole records."""
-        return self._lock
-
     def expire(self) -> list[str]:
         """Drop paths that have been out of the plan longer than the grace period; returns their keys.
         Call it periodically (set_plan does too)."""
