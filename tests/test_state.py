@@ -20,7 +20,7 @@ from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome, State
 from exporter.state.baseline import SCHEMA_VERSION, Baseline, default_state_file
 from exporter.state.status import Classification, PathStatus, Status, Transition, path_key
-from exporter.state.tracker import TRANSITIONS, Tracker
+from exporter.state.tracker import TRANSITIONS, Tracker, Verdict
 from tests.lab.waiting import wait_until
 
 DAY = 86400.0
@@ -738,3 +738,47 @@ def test_an_observer_s_paths_are_reported_but_not_judged() -> None:
     assert (observer.compliant, observer.applicable) == (None, False)  # ... but not judged
     assert observer.reason.startswith("not applicable")
     assert tracker.verdict().compliant is True  # and it never makes the overall verdict false
+
+
+# ---- what the verdicts' upkeep recomputes ------------------------------------------------------------
+
+
+def test_verdicts_are_recomputed_only_when_something_they_read_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A steady organisation's probes move nothing a verdict reads, so the upkeep thread skips its
+    O(paths) pass; a block, or our own errors reaching K, moves the generation and the verdict follows."""
+    from exporter.state import recorder
+
+    monkeypatch.setattr(recorder, "VERDICT_EVERY", 0.01)
+    tracker = Tracker(k=2)
+    tracker.set_plan([make_path(), make_path(port=445)])
+    upkeep = recorder.Upkeep(tracker)
+    computed: list[int] = []
+    verdicts = tracker.verdicts
+
+    def counting() -> dict[str, Verdict]:
+        computed.append(tracker.generation)
+        return verdicts()
+
+    monkeypatch.setattr(tracker, "verdicts", counting)
+    for index in (0, 1):
+        feed(tracker, index, [OPEN])
+    upkeep.start()
+    try:
+        wait_until(lambda: upkeep.verdicts()["ex1.corp.example"].compliant is True, 5.0)
+        steady = tracker.generation
+        time.sleep(0.1)  # the thread's first pass (the first verdict above may have come from the reader)
+        runs = len(computed)
+        feed(tracker, 0, [OPEN] * 20, start=T0 + 60)
+        assert tracker.generation == steady  # confirming probes
+        time.sleep(0.2)  # 20 periods
+        assert len(computed) == runs  # nothing to recompute
+        feed(tracker, 1, [FILTERED, FILTERED], start=T0 + 120)
+        wait_until(lambda: upkeep.verdicts()["ex1.corp.example"].compliant is False, 5.0)
+        blocked = tracker.generation
+        feed(tracker, 0, [LOCAL, LOCAL], start=T0 + 180)
+        assert tracker.generation == blocked + 1  # path 0 is unknown now: K of our own errors
+        wait_until(lambda: upkeep.verdicts()["ex1.corp.example"].unknown == 1, 5.0)
+    finally:
+        upkeep.stop()

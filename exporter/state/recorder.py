@@ -127,8 +127,9 @@ class Recorder:
 
 
 class Upkeep:
-    """Verdicts recomputed every VERDICT_EVERY seconds and departed paths expired every EXPIRE_EVERY, on a
-    thread of their own."""
+    """Verdicts recomputed every VERDICT_EVERY seconds when something they read changed (an O(paths) pass
+    that a steady organisation no longer pays every 5 s), and departed paths expired every EXPIRE_EVERY,
+    on a thread of their own."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
@@ -145,11 +146,15 @@ class Upkeep:
 
     def _run(self) -> None:
         since_expiry = 0.0
+        computed = None  # the tracker's generation the cached verdicts were computed at
         while not self._stopped.wait(VERDICT_EVERY):
-            try:
-                self._verdicts = self.tracker.verdicts()
-            except Exception:
-                log.exception("computing the verdicts failed")
+            generation = self.tracker.generation  # read first: a change while computing is seen next time
+            if generation != computed or self._verdicts is None:
+                try:
+                    self._verdicts = self.tracker.verdicts()
+                    computed = generation
+                except Exception:
+                    log.exception("computing the verdicts failed")
             since_expiry += VERDICT_EVERY
             if since_expiry >= EXPIRE_EVERY:
                 since_expiry = 0.0

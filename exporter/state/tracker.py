@@ -144,6 +144,9 @@ class Tracker:
         self._plan_set = False
         self._unplanned: dict[str, float] = {}  # key -> clock() when it left the plan
         self._counts: dict[tuple[Status, Status], int] = dict.fromkeys(TRANSITIONS, 0)
+        #: moves whenever something a verdict reads may have changed (the plan, a planned path's
+        #: status, classification, or its own errors reaching K): verdicts are recomputed only then
+        self.generation = 0
         self._lock = threading.Lock()  # serialises writers, and readers that need a whole record
 
     # ---- the plan ----------------------------------------------------------------------------------
@@ -156,6 +159,7 @@ class Tracker:
         keys = [path_key(p) for p in paths]  # for this change only: the columns make theirs on demand
         now = self._clock()
         with self._lock:
+            self.generation += 1
             old = self._cols
             old_keys = list(old.keys)
             if keys == old_keys:
@@ -322,6 +326,8 @@ class Tracker:
             self._counts[(transition.from_status, transition.to_status)] += 1
             self.store.add_change(transition)
         k, recover = self.k, self.recover
+        if changed & STATUS_CHANGED or (c.errors[i] >= k) != (prev_errors >= k):
+            self.generation += 1  # what a verdict reads changed (K own errors in a row make it unknown)
         # counters matter after a restart only up to their threshold, so a path that stays blocked (or
         # open) is not rewritten on every probe; an unchanged one is re-saved every REFRESH
         if (
@@ -353,6 +359,7 @@ class Tracker:
                 if c.status[found] != BLOCKED or c.classification[found] != NOT_LISTENING:
                     return None
                 c.classification[found] = NEVER_OPEN
+                self.generation += 1
                 self.store.put(c.record(found))
                 return found
             key = path_key(path)
