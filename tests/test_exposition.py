@@ -13,6 +13,7 @@ from exporter.outputs import exposition, gzipcat
 from exporter.outputs.exposition import PathExposition
 from exporter.plan.catalogue import PathKind
 from exporter.plan.planner import NetworkPath
+from exporter.probes.locate import Location
 from exporter.probes.outcome import Outcome, State
 from exporter.state.recorder import Recorder
 from exporter.state.status import path_key
@@ -144,3 +145,39 @@ def test_a_probe_that_confirms_the_state_renders_only_what_every_probe_changes()
     assert moved_by(Outcome(State.FILTERED, 2.0), 1e9 + 90) == per_probe
     newly = [line for line in lines.render().splitlines() if line.startswith("exchange_path_newly_blocked{")]
     assert [line.rsplit(" ", 1)[1] for line in newly if 'target="t0.test"' in line] == ["1"]
+
+
+def test_a_remembered_pending_path_shows_its_status_lines_from_its_first_probe_in_every_encoding() -> None:
+    """A path remembered as pending (its since already set: only our own errors so far) has no status
+    lines until its first probe here; that probe adds them, in the gzip pieces as in the plain text."""
+    planned = paths(3)
+    tracker = Tracker()
+    tracker.observe(path_key(planned[1]), Outcome(State.DNS_ERROR, None, "NXDOMAIN"), 1.0)
+    lines = PathExposition()
+    recorder = Recorder(tracker, [lines])
+    recorder.begin_plan(planned)
+    assert "exchange_path_state_since_timestamp_seconds" not in lines.render()
+    lines.render_gzip(b"")  # every piece cached
+    recorder.record(1, Outcome(State.DNS_ERROR, None, "NXDOMAIN"), 2.0)
+    text = lines.render()
+    assert 'exchange_path_state_since_timestamp_seconds{source="src",source_site="s",target="t1.test"' in text
+    assert gzip.decompress(lines.render_gzip(b"")) == text.encode()
+
+
+def test_a_reset_located_at_a_device_turns_not_listening_into_blocked_in_every_encoding() -> None:
+    """A port read as not listening whose reset came from a device short of the target is a firewall
+    after all: the locator's answer changes the exposition at once, gzip pieces included."""
+    planned = paths(3)
+    lines = PathExposition()
+    recorder = Recorder(Tracker(k=1), [lines])
+    recorder.begin_plan(planned)
+    recorder.record(0, Outcome(State.REFUSED, 0.001, "ECONNREFUSED"), 1e9)
+    assert "exchange_path_not_listening{" in lines.render()
+    lines.render_gzip(b"")
+    recorder._located(planned[0], Location("reset by a device at hop 1", 1, "10.0.0.1", "reset-by-device"))
+    text = lines.render()
+    assert "exchange_path_not_listening{" not in text
+    blocked = [line for line in text.splitlines() if line.startswith("exchange_path_blocked{")]
+    assert [line.rsplit(" ", 1)[1] for line in blocked if 'target="t0.test"' in line] == ["1"]
+    assert gzip.decompress(lines.render_gzip(b"")) == text.encode()
+    assert recorder.tracker is not None and recorder.tracker.view(0).classification.value == "never_open"

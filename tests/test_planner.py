@@ -9,7 +9,7 @@ import yaml
 from exporter.inventory.model import Role
 from exporter.inventory.static import parse_inventory
 from exporter.plan.catalogue import CATALOGUE, CHECKS, PathKind
-from exporter.plan.planner import NetworkPath, Vantage, plan, roles_of
+from exporter.plan.planner import NetworkPath, Vantage, dynamic_rpc_paths, plan, roles_of
 from exporter.probes import registry
 from tests.lab.organisations import GOOD
 
@@ -417,3 +417,16 @@ def test_a_dual_stack_target_is_a_path_per_family_and_a_replication_network_one_
     # without resolution (a name that did not resolve at planning) one path, resolved at probe time
     unplanned = [p for p in plan(inventory, "ex1.corp.example") if p.target == "ex3.corp.example"]
     assert {p.family for p in unplanned} == {""}
+
+
+def test_a_dynamic_port_listed_under_several_interfaces_is_one_path() -> None:
+    """A path's key has no service: two interfaces on one port would be one record twice."""
+    mapper = NetworkPath(
+        "ex1", "HQ", "ex2", "HQ", "mailbox", 135, "tcp", "rpc-epm", PathKind.EXCHANGE_EXCHANGE, "rpc-epm"
+    )
+    found = dynamic_rpc_paths(mapper, [("nspi", 6004), ("rfr", 6004), ("drsuapi", 49152), ("bad", 0)])
+    assert [(p.service, p.port, p.check) for p in found] == [
+        ("rpc:drsuapi", 49152, "tcp"),
+        ("rpc:nspi", 6004, "tcp"),
+    ]
+    assert len({p.key for p in found}) == len(found)

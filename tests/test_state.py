@@ -317,7 +317,10 @@ def test_grace_period_survives_a_monotonic_clock_going_backwards() -> None:
     assert tracker.expire() == [path_key(p)]
 
 
-def test_records_loaded_for_paths_no_longer_planned_age_out_too(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("planned", [[make_path()], []], ids=["another-plan", "empty-plan"])
+def test_records_loaded_for_paths_no_longer_planned_age_out_too(
+    tmp_path: pathlib.Path, planned: list[NetworkPath]
+) -> None:
     db = tmp_path / "state.sqlite"
     old = make_path(target="decommissioned.corp.example")
     with Baseline(db) as store:
@@ -325,7 +328,7 @@ def test_records_loaded_for_paths_no_longer_planned_age_out_too(tmp_path: pathli
     clock = Clock()
     with Baseline(db) as store:
         tracker = Tracker(store, grace=60, clock=clock)
-        tracker.set_plan([make_path()])
+        tracker.set_plan(planned)  # an empty first plan too (an inventory that lists nothing yet)
         assert tracker.view(path_key(old)).status is Status.OPEN
         clock.now += 60
         assert tracker.expire() == [path_key(old)]

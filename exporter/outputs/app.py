@@ -151,14 +151,15 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PATHS_PAGE)] = MAX_PATHS_PAGE,
     ) -> JSONResponse:
         out = []
-        for path, result in agent.table.items():
+        table = agent.table
+        for index, (path, outcome) in enumerate(zip(table.paths, table.outcomes[:], strict=True)):
             if target is not None and path.target.lower() != target.lower():
                 continue
             if required is not None and path.required != required:
                 continue
-            if state is not None and (result is None or result.outcome.state is not state):
+            if state is not None and (outcome is None or outcome.state is not state):
                 continue
-            out.append(path_view(path, result, agent.locations.get(path.key)))
+            out.append(path_view(path, table.result(index), agent.locations.get(path.key)))
             if len(out) >= limit:
                 break
         return JSONResponse(out)
@@ -349,8 +350,8 @@ def create_app(
 
 def _landing(agent: AgentView) -> str:
     counts: dict[str, int] = {}
-    for _path, result in agent.table.items():
-        key = result.outcome.state.value if result else "pending"
+    for outcome in agent.table.outcomes[:]:
+        key = outcome.state.value if outcome else "pending"
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items())) or "no paths planned"
     source = html.escape(agent.source)

@@ -22,18 +22,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from exporter.outputs.gzipcat import Piece, assemble
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import STATES, Outcome, State
-from exporter.state.results import (
+from exporter.state.results import ResultTable, Snapshot
+from exporter.state.status import BLOCKED as S_BLOCKED
+from exporter.state.status import (
     CHANGED_DETAILS,
     CHANGED_LAST_OPEN,
     CHANGED_STATE,
     CHANGED_STATUS,
-    ResultTable,
-    Snapshot,
+    PENDING,
 )
-from exporter.state.status import BLOCKED as S_BLOCKED
 from exporter.state.status import NEWLY as S_NEWLY
 from exporter.state.status import NOT_LISTENING as S_NOT_LISTENING
-from exporter.state.status import PENDING
 
 BLOCK = 1024  # paths per compressed piece
 IN_FLIGHT = 4  # rendered blocks waiting to be compressed, at most
@@ -303,10 +302,12 @@ class PathExposition:
     def _family_pieces(self) -> list[list[Piece]]:
         """Each family's compressed blocks of this plan, the changed ones re-rendered and recompressed."""
         plan = self._plan
-        # versions first, then the values: a line written after the snapshot bumps its block past the
-        # version its piece is kept under, so the next scrape renders it again
-        versions = [list(family) for family in plan.versions]
-        snap = plan.table.snapshot()
+        # the versions and the values at one moment: the recorder writes a path and bumps its blocks
+        # under the same lock, so a piece never mixes two probes of a path, and a line written after
+        # this moment bumps its block past the version its piece is kept under
+        with plan.table.lock:
+            versions = [list(family) for family in plan.versions]
+            snap = plan.table.copy_columns()
         n = len(plan.paths)
         # rendered here, one block at a time (one Python thread competing with the prober for the
         # interpreter, never the whole pool); compressed on the pool, where zlib releases the GIL, with at

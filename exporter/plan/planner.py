@@ -355,10 +355,11 @@ def shard(paths: Iterable[NetworkPath], index: int, count: int) -> list[NetworkP
 
 def dynamic_rpc_paths(mapper: NetworkPath, endpoints: Iterable[tuple[str, int]]) -> tuple[NetworkPath, ...]:
     """The dynamic RPC ports an endpoint mapper registered, each as a path of its own: the mapper's path
-    with the port found, service "rpc:<interface>" and a bare connect. Impossible ports are left out."""
-    found = {
-        dataclasses.replace(mapper, port=port, service=f"rpc:{name}", check="tcp")
-        for name, port in endpoints
-        if 0 < port < 65536 and port != mapper.port
-    }
-    return tuple(sorted(found, key=lambda p: (p.service, p.port)))
+    with the port found, service "rpc:<interface>" and a bare connect. Impossible ports are left out, and
+    a port listed under several interfaces is one path, named after the first (the probe lists the most
+    telling first): its key has no service, and two paths under one key would be one record twice."""
+    found: dict[int, NetworkPath] = {}
+    for name, port in endpoints:
+        if 0 < port < 65536 and port != mapper.port and port not in found:
+            found[port] = dataclasses.replace(mapper, port=port, service=f"rpc:{name}", check="tcp")
+    return tuple(sorted(found.values(), key=lambda p: (p.service, p.port)))

@@ -17,14 +17,12 @@ from exporter.plan.planner import NetworkPath
 from exporter.probes.locate import Location
 from exporter.probes.outcome import Outcome, State
 from exporter.state.results import (
-    CHANGED_LAST_OPEN,
-    CHANGED_STATUS,
     ResultListener,
     ResultTable,
     changes,
 )
-from exporter.state.status import BLOCKED, NOT_LISTENING, OPEN
-from exporter.state.tracker import LAST_OPEN_CHANGED, STATUS_CHANGED, Tracker, Verdict
+from exporter.state.status import BLOCKED, CHANGED_STATUS, NOT_LISTENING, OPEN
+from exporter.state.tracker import Tracker, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +71,9 @@ class Recorder:
         with table.lock:
             changed = changes(table.record(index, outcome, wall), outcome)
             if tracker is not None:
-                moved = tracker.observe_at(index, outcome, wall)
-                if moved & STATUS_CHANGED:
-                    changed |= CHANGED_STATUS
-                if moved & LAST_OPEN_CHANGED:
-                    changed |= CHANGED_LAST_OPEN
-        for listener in self.listeners:
-            listener.recorded(index, changed)
+                changed |= tracker.observe_at(index, outcome, wall)
+            for listener in self.listeners:  # under the lock: a scrape sees values and versions together
+                listener.recorded(index, changed)
         if tracker is None:
             return False
         c = tracker.columns
@@ -114,10 +108,11 @@ class Recorder:
         """A device in the path reset it: not a port nobody listens on, but a firewall (a violation)."""
         if location.by_device and self.tracker is not None:
             table = self.table
-            index = self.tracker.answered_by_device(path)
-            if index is not None and index < len(table) and table.paths[index].key == path.key:
-                for listener in self.listeners:
-                    listener.recorded(index, CHANGED_STATUS)
+            with table.lock:
+                index = self.tracker.answered_by_device(path)
+                if index is not None and index < len(table) and table.paths[index].key == path.key:
+                    for listener in self.listeners:
+                        listener.recorded(index, CHANGED_STATUS)
 
     @property
     def ready(self) -> bool:

@@ -19,12 +19,19 @@ from typing import Protocol
 
 from exporter.plan.planner import NetworkPath
 from exporter.probes.outcome import Outcome
-from exporter.state.status import PathStatus, StatusColumns
+from exporter.state.status import (
+    CHANGED_DETAILS,
+    CHANGED_LAST_OPEN,
+    CHANGED_STATE,
+    CHANGED_STATUS,
+    PathStatus,
+    StatusColumns,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class PathResult:
-    """The last outcome of one path, when it was recorded, and the hysteresis view at that moment."""
+    """The last outcome of one path, when it was recorded, and its hysteresis record as it is read."""
 
     outcome: Outcome
     wall: float  # unix time the outcome was recorded
@@ -53,19 +60,10 @@ class ResultListener(Protocol):
         """Path `index` of the attached table has a new result; `changed` is a mask of CHANGED_* bits."""
 
 
-#: what a recorded result changed, for listeners: the state, the status (status, classification or
-#: since), the last-open time, the protocol facts (protocol_ok, sub-checks, certificate expiry); the
-#: probe time and connect time change every time
-CHANGED_STATE = 1
-CHANGED_STATUS = 2
-CHANGED_LAST_OPEN = 4
-CHANGED_DETAILS = 8
-
-
 def changes(previous: Outcome | None, outcome: Outcome) -> int:
-    """The CHANGED_STATE and CHANGED_DETAILS bits between a path's previous outcome and its new one."""
-    if previous is None:
-        return CHANGED_STATE | CHANGED_DETAILS
+    """The CHANGED_* bits a new outcome makes by itself (the tracker adds the status ones)."""
+    if previous is None:  # its first result here: every line of the path may appear
+        return CHANGED_STATE | CHANGED_DETAILS | CHANGED_STATUS | CHANGED_LAST_OPEN
     changed = 0 if previous.state is outcome.state else CHANGED_STATE
     if (
         previous.protocol_ok is not outcome.protocol_ok
@@ -93,8 +91,9 @@ class ResultTable:
         self.statuses = statuses
         self.probed = 0  # paths with at least one result
         self.kinds = Counter(p.kind.value for p in self.paths)  # paths by kind, for exchange_paths
-        #: held while a path's outcome and status are written (by the recorder) or copied (snapshot)
-        self.lock = threading.Lock()
+        #: held while a path's outcome and status are written and its listeners told (by the recorder),
+        #: or copied (snapshot); a new plan's table keeps the previous one's, as they may share statuses
+        self.lock: threading.Lock = previous.lock if previous is not None else threading.Lock()
         if previous is not None:
             carried = {
                 p.key: i
@@ -133,24 +132,42 @@ class ResultTable:
 
     def results(self) -> list[PathResult | None]:
         """The current results, index-aligned with `paths`."""
-        return [self.result(index) for index in range(len(self.paths))]
+        return [result for _path, result in self.items()]
 
     def items(self) -> Iterator[tuple[NetworkPath, PathResult | None]]:
-        for index, path in enumerate(self.paths):
-            yield path, self.result(index)
+        """Every path with its result, made a block at a time under the lock (whole records; the prober
+        waits a millisecond at most)."""
+        outcomes, wall, statuses = self.outcomes, self.wall, self.statuses
+        for start in range(0, len(self.paths), 1024):
+            stop = min(start + 1024, len(self.paths))
+            with self.lock:
+                block = [
+                    (
+                        self.paths[i],
+                        PathResult(o, wall[i], statuses.record(i) if statuses is not None else None)
+                        if (o := outcomes[i]) is not None
+                        else None,
+                    )
+                    for i in range(start, stop)
+                ]
+            yield from block
 
     def snapshot(self) -> Snapshot:
         """Every column a scrape renders, copied under the lock (a few memcpy: a millisecond or two at
         100k paths), so one path's lines never mix two probes."""
         with self.lock:
-            statuses = self.statuses
-            if statuses is None:
-                return Snapshot(self.outcomes[:], self.wall[:], None, None, None, None)
-            return Snapshot(
-                self.outcomes[:],
-                self.wall[:],
-                bytes(statuses.status),
-                bytes(statuses.classification),
-                statuses.since[:],
-                statuses.last_open[:],
-            )
+            return self.copy_columns()
+
+    def copy_columns(self) -> Snapshot:
+        """snapshot() for a caller that holds `lock` (and copies something of its own at the same moment)."""
+        statuses = self.statuses
+        if statuses is None:
+            return Snapshot(self.outcomes[:], self.wall[:], None, None, None, None)
+        return Snapshot(
+            self.outcomes[:],
+            self.wall[:],
+            bytes(statuses.status),
+            bytes(statuses.classification),
+            statuses.since[:],
+            statuses.last_open[:],
+        )

@@ -138,6 +138,15 @@ def _time(value: float) -> float | None:
     return None if value != value else value  # NaN is None
 
 
+#: what a recorded result changed, for listeners: the state, the status (status, classification or
+#: since), the last-open time, the protocol facts (protocol_ok, sub-checks, certificate expiry); the
+#: probe time and connect time change every time
+CHANGED_STATE = 1
+CHANGED_STATUS = 2
+CHANGED_LAST_OPEN = 4
+CHANGED_DETAILS = 8
+
+
 class StatusColumns:
     """Every planned path's PathStatus, kept as columns indexed like the plan: one byte for its status,
     classification and last state, one float for each time, one int for each count. A probe overwrites

@@ -35,6 +35,8 @@ from exporter.probes.outcome import Outcome, State
 from exporter.state.baseline import Baseline
 from exporter.state.status import (
     BLOCKED,
+    CHANGED_LAST_OPEN,
+    CHANGED_STATUS,
     CLASSIFICATIONS,
     NEVER_OPEN,
     NEWLY,
@@ -55,8 +57,6 @@ from exporter.state.status import (
 )
 
 __all__ = [
-    "LAST_OPEN_CHANGED",
-    "STATUS_CHANGED",
     "TRANSITIONS",
     "Classification",
     "PathStatus",
@@ -84,11 +84,6 @@ TRANSITIONS: tuple[tuple[Status, Status], ...] = (
 )
 
 _OWN_ERRORS = frozenset({State.LOCAL_ERROR, State.DNS_ERROR})
-
-#: what observe_at reports changed in a record: its status, classification or since (the exposition's
-#: status lines), and its last-open time (every open probe)
-STATUS_CHANGED = 1
-LAST_OPEN_CHANGED = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +159,8 @@ class Tracker:
             old_keys = list(old.keys)
             if keys == old_keys:
                 self._paths = list(paths)
+                for key in self._loose:  # (the first plan may be as empty as the start)
+                    self._unplanned.setdefault(key, now)
                 self._plan_set = True
                 self._expire(now)
                 return
@@ -252,7 +249,7 @@ class Tracker:
 
     def observe_at(self, index: int, outcome: Outcome, wall: float) -> int:
         """observe() for path `index` of the plan, as the recorder calls it on every probe: returns which
-        parts of the record changed (STATUS_CHANGED, LAST_OPEN_CHANGED bits). Allocates nothing unless
+        parts of the record changed (its CHANGED_STATUS and CHANGED_LAST_OPEN bits). Allocates nothing unless
         the status changes or the record is due to be saved."""
         with self._lock:
             return self._step(self._cols, index, outcome, wall)[0]
@@ -274,7 +271,7 @@ class Tracker:
             if c.first_open[i] != c.first_open[i]:
                 c.first_open[i] = wall
             c.last_open[i] = wall
-            changed = LAST_OPEN_CHANGED
+            changed = CHANGED_LAST_OPEN
             if status == PENDING:
                 status, classification, since = OPEN, OK, wall
             elif status == BLOCKED and opens >= self.recover:
@@ -311,7 +308,7 @@ class Tracker:
         c.last_probe[i] = wall
         c.evidence[i] = outcome.evidence
         if status != prev_status or classification != prev_class or since != prev_since:
-            changed |= STATUS_CHANGED
+            changed |= CHANGED_STATUS
 
         transition = None
         if moved:
@@ -326,13 +323,13 @@ class Tracker:
             self._counts[(transition.from_status, transition.to_status)] += 1
             self.store.add_change(transition)
         k, recover = self.k, self.recover
-        if changed & STATUS_CHANGED or (c.errors[i] >= k) != (prev_errors >= k):
+        if changed & CHANGED_STATUS or (c.errors[i] >= k) != (prev_errors >= k):
             self.generation += 1  # what a verdict reads changed (K own errors in a row make it unknown)
         # counters matter after a restart only up to their threshold, so a path that stays blocked (or
         # open) is not rewritten on every probe; an unchanged one is re-saved every REFRESH
         if (
             first_probe
-            or changed & STATUS_CHANGED
+            or changed & CHANGED_STATUS
             or new_state != prev_state
             or min(c.non_open[i], k) != min(prev_non_open, k)
             or min(c.opens[i], recover) != min(prev_opens, recover)
@@ -344,17 +341,16 @@ class Tracker:
         return changed, transition
 
     def record(self, index: int, outcome: Outcome, wall: float) -> None:
-        """The engine's sink signature (`Sink.record`), so the tracker can sit beside the PathTable."""
+        """The engine's sink signature (`Sink.record`): a tracker alone as the sink (tests)."""
         self.observe_at(index, outcome, wall)
 
     def answered_by_device(self, path: NetworkPath) -> int | None:
         """A located device (not the target host) answered for a path read as not listening (a reset by
         a firewall short of the target): it is blocked by the network after all, never open. Returns the
         path's index in the plan when its planned record changed."""
-        paths = self._paths
-        found = next((i for i, p in enumerate(paths) if p.key == path.key), None)  # outside the lock
-        with self._lock:
-            if found is not None and paths is self._paths:
+        with self._lock:  # a scan (a few ms at 100k paths), for the rare located device reset
+            found = next((i for i, p in enumerate(self._paths) if p.key == path.key), None)
+            if found is not None:
                 c = self._cols
                 if c.status[found] != BLOCKED or c.classification[found] != NOT_LISTENING:
                     return None
