@@ -24,7 +24,7 @@ Exits 1 when a mix did not produce what it claims (our results by state, blackbo
 Everything (both exporters, the listeners, this driver) runs inside network namespace `efxbench-tcp`,
 created here and deleted at the end. Run as root from the repository root:
 
-    .venv/bin/python -m bench.tcp_vs_blackbox [--paths 6000] [--interval 30] [--json FILE]
+    .venv/bin/python -m bench.tcp_vs_blackbox [--paths 6000] [--interval 20] [--json FILE]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from bench._support import (
     planned_endpoints,
     serve_cmd,
     start_listeners,
+    thread_cpu_seconds,
     wait_http,
     write_inventory,
 )
@@ -76,6 +77,7 @@ class Side:
     concurrency: int = 0
     client_cpu: float = 0.0
     located: tuple[int, int] = (0, 0)  # exchange_path_block_location_info series at the window's start, end
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds in the window, by thread name
 
     @property
     def cpu_ms_per_probe(self) -> float:
@@ -106,10 +108,12 @@ def measure_ours(
     started = time.monotonic()
     time.sleep(max(0.0, warmup - (time.monotonic() - started)))
     first: dict[str, tuple[float, float, dict[str, float]]] = {}
+    threads_first: dict[str, dict[str, float]] = {}
     located_at_start = {mix: located(ports[mix]) for mix in procs}
     for mix, proc in procs.items():
         metrics = exporter_metrics(ports[mix])  # the scrape first, then the CPU reading
         first[mix] = (time.monotonic(), cpu_seconds(proc.pid), metrics)
+        threads_first[mix] = thread_cpu_seconds(proc.pid)
     end = time.monotonic() + window
     next_scrape = time.monotonic() + SCRAPE_EVERY
     while next_scrape < end - 1.0:  # Prometheus' scrapes in between, counted in the CPU
@@ -122,6 +126,7 @@ def measure_ours(
     for mix, proc in procs.items():
         metrics = exporter_metrics(ports[mix])
         t1, c1 = time.monotonic(), cpu_seconds(proc.pid)
+        threads = thread_cpu_seconds(proc.pid)
         t0, c0, m0 = first[mix]
         states = {
             key.split('"')[1]: metrics[key] - m0.get(key, 0.0)
@@ -137,6 +142,11 @@ def measure_ours(
             {k: v for k, v in states.items() if v},
             attempts_per_probe=1 + (attempts - 1) * filtered / probes if probes else 1.0,
             concurrency=int(metrics.get("exchange_probes_in_flight", 0)),
+            threads={
+                name: spent - threads_first[mix].get(name, 0.0)
+                for name, spent in threads.items()
+                if spent > threads_first[mix].get(name, 0.0)
+            },
         )
         out[mix] = side
     for mix, side in out.items():  # after the window's CPU readings: these full scrapes are not counted
@@ -297,6 +307,15 @@ def report(
         lines.append(
             f"  {mix}: ours {per_attempt:.4f} ms/attempt, blackbox {b.cpu_ms_per_probe:.4f} "
             f"ms/attempt, ratio {b.cpu_ms_per_probe / per_attempt:.2f}x"
+        )
+    lines.append("")
+    lines.append("ours, CPU ms per probe by thread (where the remaining cost is):")
+    for mix in MIXES:
+        o = ours[mix]
+        split = sorted(o.threads.items(), key=lambda item: -item[1])
+        lines.append(
+            f"  {mix}: "
+            + ", ".join(f"{name} {spent / o.probes * 1000:.4f}" for name, spent in split if o.probes)
         )
     lines.append("")
     for mix in MIXES:
@@ -470,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--paths", type=int, default=6000, help="paths per mix for our service")
-    parser.add_argument("--interval", type=float, default=30.0)
+    parser.add_argument(
+        "--interval", type=float, default=20.0
+    )  # 6,000 paths: 300 probes/s, the rate the goal names
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--attempts", type=int, default=3)
     parser.add_argument("--window", type=float, default=30.0, help="our measurement window, seconds")

@@ -22,6 +22,7 @@ from exporter.inventory.model import Inventory
 from exporter.plan.planner import NetworkPath, dynamic_rpc_paths
 from exporter.probes.contract import Check, Target
 from exporter.probes.outcome import Outcome, State
+from exporter.threads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Prober:
             loop = new_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            name_this_thread("ef-prober")
             settle_heap()
             self._runner = loop.create_task(self.engine.run())
             started.set()

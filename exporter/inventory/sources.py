@@ -21,6 +21,7 @@ from exporter.inventory.ldap import LdapDiscoveryError, Reason, discover
 from exporter.inventory.ldap_settings import LdapSettings
 from exporter.inventory.model import Inventory
 from exporter.inventory.static import load_inventory
+from exporter.threads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class InventoryWatcher:
         return True
 
     def _run(self) -> None:
+        name_this_thread("ef-inventory")
         while True:
             wait = self.source.interval
             if self.inventory is None:

@@ -33,6 +33,7 @@ from exporter.state.status import (
 )
 from exporter.state.status import NEWLY as S_NEWLY
 from exporter.state.status import NOT_LISTENING as S_NOT_LISTENING
+from exporter.threads import name_this_thread
 
 BLOCK = 1024  # paths per compressed piece
 IN_FLIGHT = 4  # rendered blocks waiting to be compressed, at most
@@ -150,7 +151,12 @@ def _compressors() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="gzip")
+            _pool = ThreadPoolExecutor(
+                max_workers=min(4, os.cpu_count() or 1),
+                thread_name_prefix="gzip",
+                initializer=name_this_thread,
+                initargs=("ef-gzip",),
+            )
         return _pool
 
 

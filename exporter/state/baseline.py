@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from exporter.probes.outcome import State
 from exporter.state.status import Classification, PathStatus, Status, Transition
+from exporter.threads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +371,7 @@ class Baseline:
         self._stop.clear()
 
         def run() -> None:
+            name_this_thread("ef-flush")
             while not self._stop.is_set():
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()

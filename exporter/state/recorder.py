@@ -23,6 +23,7 @@ from exporter.state.results import (
 )
 from exporter.state.status import BLOCKED, CHANGED_STATUS, NOT_LISTENING, OPEN
 from exporter.state.tracker import Tracker, Verdict
+from exporter.threads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Upkeep:
         return cached
 
     def _run(self) -> None:
+        name_this_thread("ef-upkeep")
         since_expiry = 0.0
         computed = None  # the tracker's generation the cached verdicts were computed at
         while not self._stopped.wait(VERDICT_EVERY):
