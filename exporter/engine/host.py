@@ -87,9 +87,10 @@ def settle_heap() -> None:
     """Move every object alive now (a new plan: its paths, targets and their label parts) out of the
     cyclic garbage collector's way, into its permanent generation. A full collection then walks only
     what probing keeps replacing (each path's last Outcome), not the whole plan: at 100,000 paths tens
-    of ms instead of 250-340 ms, each of which stalled the probing loop (bench/README.md). Called once per plan,
-    on the prober's thread; the previous plan's objects are unfrozen and collected first, so nothing
-    accumulates in the permanent generation (that collection is the one pause a plan change costs).
+    of ms instead of 250-340 ms, each of which stalled the probing loop (bench/README.md). Called once
+    per plan, on the prober's thread; the previous plan's objects are unfrozen and collected first, so
+    nothing accumulates in the permanent generation (that collection is the one pause a plan change
+    costs).
     Reference counting frees frozen objects as usual."""
     gc.unfreeze()
     gc.collect()
