@@ -11,8 +11,8 @@ PACKAGE = REPO / "exporter"
 
 #: the pipeline, in order: a stage may import its own and earlier stages, never a later one
 STAGES = ("inventory", "plan", "probes", "engine", "state", "outputs")
-#: leaf modules every stage may use (errors, safe text, the version)
-SHARED = {"exporter", "exporter.errors", "exporter.text"}
+#: leaf modules every stage may use (errors, safe text, the version, OS-visible thread names)
+SHARED = {"exporter", "exporter.errors", "exporter.text", "exporter.threads"}
 
 
 def module_name(file: Path) -> str:
