@@ -253,6 +253,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def client_flags(group: argparse._ArgumentGroup, prefix: str, server: str, env: str = "") -> None:
+    """--PREFIX.ca-file, --PREFIX.username and --PREFIX.password-file: how this agent, as a client, trusts
+    and logs in to `server` (the peers, Prometheus); `env` names the variable the password may come from."""
+    group.add_argument(
+        f"--{prefix}.ca-file",
+        dest=f"{prefix}_ca_file",
+        metavar="FILE",
+        help=f"CA to verify the TLS of {server} with (default: the system trust store)",
+    )
+    group.add_argument(
+        f"--{prefix}.username", dest=f"{prefix}_username", help=f"basic-auth user for {server}"
+    )
+    group.add_argument(
+        f"--{prefix}.password-file",
+        dest=f"{prefix}_password_file",
+        metavar="FILE",
+        help=f"basic-auth password for {server}" + (f" (or ${env})" if env else ""),
+    )
+
+
 def _mesh_flags(parser: argparse.ArgumentParser) -> None:
     mesh = parser.add_argument_group("mesh (many agents adding up to the full pairwise picture)")
     mesh.add_argument(
@@ -286,19 +306,7 @@ def _mesh_flags(parser: argparse.ArgumentParser) -> None:
         help="an extra agent, e.g. a client zone: client-vlan1=http://10.9.0.5:10135",
     )
     mesh.add_argument("--mesh.scheme", dest="mesh_scheme", choices=["http", "https"], default="http")
-    mesh.add_argument(
-        "--mesh.ca-file",
-        dest="mesh_ca_file",
-        metavar="FILE",
-        help="CA to verify the peers' TLS with (default: the system trust store)",
-    )
-    mesh.add_argument("--mesh.username", dest="mesh_username", help="basic-auth user for the peers' API")
-    mesh.add_argument(
-        "--mesh.password-file",
-        dest="mesh_password_file",
-        metavar="FILE",
-        help="basic-auth password for the peers' API (or $EXFW_MESH_PASSWORD)",
-    )
+    client_flags(mesh, "mesh", "the peers", env="EXFW_MESH_PASSWORD")
     mesh.add_argument(
         "--mesh.advertise-address",
         dest="mesh_advertise",
@@ -323,14 +331,7 @@ def _mesh_flags(parser: argparse.ArgumentParser) -> None:
         help='label matchers for the agents\' series, e.g. job="exchange-firewall-exporter" (default: none)',
     )
     prom.add_argument("--prometheus.bearer-token-file", dest="prometheus_bearer_token_file", metavar="FILE")
-    prom.add_argument("--prometheus.username", dest="prometheus_username", help="basic-auth user")
-    prom.add_argument("--prometheus.password-file", dest="prometheus_password_file", metavar="FILE")
-    prom.add_argument(
-        "--prometheus.ca-file",
-        dest="prometheus_ca_file",
-        metavar="FILE",
-        help="CA to verify Prometheus's TLS with (default: the system trust store)",
-    )
+    client_flags(prom, "prometheus", "Prometheus")
     prom.add_argument(
         "--prometheus.timeout", dest="prometheus_timeout", type=float, default=10.0, metavar="SECONDS"
     )

@@ -110,6 +110,12 @@ CELL = f"[...document.querySelectorAll('#matrix tbody tr')].find(r => r.dataset.
 )
 
 
+async def opened(page: Page) -> tuple[str, bool]:
+    """The cell's button's aria-expanded, and whether its detail is hidden."""
+    expanded = await page.evaluate(f"{CELL}.querySelector('button.open').getAttribute('aria-expanded')")
+    return expanded, await page.evaluate(f"{CELL}.querySelector('.detail').hidden")
+
+
 async def test_keyboard_opens_a_cell_and_focus_survives_a_refresh(demo: Service, tmp_path: Path) -> None:
     async with Page.open(demo.base + "/matrix", tmp_path) as page:
         # Tab from the top of the page reaches the cells' buttons (after the filters)
@@ -121,11 +127,7 @@ async def test_keyboard_opens_a_cell_and_focus_survives_a_refresh(demo: Service,
         await page.evaluate(f"{CELL}.querySelector('button.open').focus()")
         assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is True
         await page.key("Enter")
-        assert (
-            await page.evaluate(f"{CELL}.querySelector('button.open').getAttribute('aria-expanded')")
-            == "true"
-        )
-        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is False
+        assert await opened(page) == ("true", False)
         assert "2525/tcp smtp-transport" in await page.evaluate(f"{CELL}.querySelector('.detail').innerText")
         # the open cell is in the URL: a link to it
         assert await page.evaluate("location.search") == f"?source={OBSERVER}&target={SE}"
@@ -134,11 +136,7 @@ async def test_keyboard_opens_a_cell_and_focus_survives_a_refresh(demo: Service,
         assert await page.evaluate("document.activeElement.closest('td').dataset.target") == SE
         assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is False
         await page.key(" ")
-        assert (
-            await page.evaluate(f"{CELL}.querySelector('button.open').getAttribute('aria-expanded')")
-            == "false"
-        )
-        assert await page.evaluate(f"{CELL}.querySelector('.detail').hidden") is True
+        assert await opened(page) == ("false", True)
 
 
 async def test_a_link_opens_its_cell(demo: Service, tmp_path: Path) -> None:
